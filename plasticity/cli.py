@@ -1,0 +1,106 @@
+"""`plasticity run|list`: the command line over plasticity.experiment.run.
+
+A configuration mistake prints one line (`error: <key>: <what is allowed>`) and exits with status 2
+before any training or file writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from plasticity.config import GROUPS, ConfigError, group_options, load_config
+
+EXIT_CONFIG = 2
+
+
+def _print_table(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    phases = summary["phases"]
+    title = f"KL to the exact posterior (bits per scored token) at the end of the stream — {summary['name']}"
+    table = Table(title=title)
+    table.add_column("arm")
+    for p in phases:
+        table.add_column(p, justify="right")
+    table.add_column("mean", justify="right")
+    table.add_column("forgetting", justify="right")
+    table.add_column("BWT (+ = worse)", justify="right")
+    arms = {a: r for a, r in summary["arms"].items() if "R_kl_bits" in r}
+    for arm, res in arms.items():
+        last = res["R_kl_bits"][-1]
+        forgetting = res["forgetting_bits"]
+        table.add_row(
+            arm, *(f"{v:.4f}" for v in last), f"{res['final_kl_bits']:.4f}",
+            f"{max(forgetting):.4f}" if forgetting else "-", f"{res['bwt_bits']:+.4f}",
+        )
+    console.print(table)
+    if len(arms) > 1:
+        for j, p in enumerate(phases):
+            best = min(arms, key=lambda a: arms[a]["R_kl_bits"][-1][j])
+            console.print(f"phase {j} ({p}): closest to the posterior at the end: [bold]{best}[/bold] "
+                          f"({arms[best]['R_kl_bits'][-1][j]:.4f} bits)")
+    t = summary["timing"]
+    tps = t["train_tokens_per_second"]
+    speed = f", training {tps:,.0f} tokens/s, evaluation {100 * t['eval_fraction']:.1f}% of wall time" if tps else ""
+    console.print(f"wall {t['wall_seconds']:.1f} s{speed}")
+    console.print(f"run directory: {summary['run_dir']}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    experiment, overrides = args.experiment, list(args.overrides)
+    if experiment is not None and "=" in experiment:
+        overrides.insert(0, experiment)
+        experiment = None
+    from plasticity.config import validate
+
+    cfg = load_config(experiment, overrides)
+    validate(cfg)
+    from plasticity.experiment import run
+
+    summary = run(cfg)
+    _print_table(summary)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    import streams
+    from plasticity.models import MODELS
+    from plasticity.strategies import STRATEGIES
+
+    for group in GROUPS:
+        print(f"{group}: {', '.join(group_options(group)) or '-'}")
+    print(f"models: {', '.join(sorted(MODELS))}")
+    print(f"strategies: {', '.join(sorted(STRATEGIES))}")
+    print("families:")
+    for info in streams.families():
+        params = ", ".join(f"{k}={v}" for k, v in info.params.items())
+        print(f"  {info.name}({params}): {info.description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="plasticity", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run an experiment (default: the default experiment)")
+    run.add_argument("experiment", nargs="?", help="a name under configs/experiment or a YAML file")
+    run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. model=mlp trainer.threads=1")
+    run.set_defaults(func=cmd_run)
+    lst = sub.add_parser("list", help="list experiments, streams, models, strategies and task families")
+    lst.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+if __name__ == "__main__":
+    sys.exit(main())

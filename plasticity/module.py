@@ -1,0 +1,170 @@
+"""WindTunnelModule: a LightningModule that trains a model on a stream's batches.
+
+Data stay outside (streams/); the module owns the loss at scored positions, the optimizer and schedule,
+and the continual strategy's hooks: loss terms, batch transforms and phase boundaries.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, IterableDataset
+
+from streams import Batch, Stream
+
+if TYPE_CHECKING:
+    from plasticity.config import OptimConfig
+    from plasticity.strategies.base import Strategy
+
+
+class DivergenceError(RuntimeError):
+    """NaN or Inf in the loss or the logits: the arm stops with this message."""
+
+
+def sequence_loss(logits: torch.Tensor, batch: Batch, kind: str) -> torch.Tensor:
+    """Cross-entropy at scored positions, per scored token (nats).
+
+    `sampled`: against the sampled next token (the realistic setting); `posterior`: against the exact
+    posterior predictive (distillation, as in the paper's HMM runs).
+    """
+    mask = batch.scored
+    logp = F.log_softmax(logits[mask].float(), dim=-1)
+    if kind == "posterior":
+        return -(batch.posterior[mask].to(logp.dtype) * logp).sum(-1).mean()
+    targets = batch.tokens[:, 1:][mask[:, :-1]]
+    return F.nll_loss(logp, targets)
+
+
+def lr_lambda(schedule: str, warmup: int, total: int, min_ratio: float):
+    """Linear warmup then cosine decay to min_ratio (or constant after warmup)."""
+
+    def factor(step: int) -> float:
+        if warmup > 0 and step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant" or total <= warmup:
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+class StreamSteps(IterableDataset):
+    """The stream's training batches for global steps [start, end), generated on the fly."""
+
+    def __init__(self, stream: Stream, start: int, end: int):
+        self.stream, self.start, self.end = stream, start, end
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+    def __iter__(self):
+        for step in range(self.start, self.end):
+            yield self.stream.batch(step)
+
+
+def stream_loader(stream: Stream, start: int, end: int) -> DataLoader:
+    return DataLoader(StreamSteps(stream, start, end), batch_size=None, num_workers=0)
+
+
+class WindTunnelModule(pl.LightningModule):
+    def __init__(
+        self,
+        model: nn.Module,
+        optim: OptimConfig,
+        loss: str = "sampled",
+        stream: Stream | None = None,
+        start_step: int = 0,
+        total_steps: int = 1,
+        lr: float | None = None,
+        schedule: str | None = None,
+        warmup_steps: int | None = None,
+        strategy: Strategy | None = None,
+    ):
+        super().__init__()
+        self.model = model
+        self.optim = optim
+        self.loss_kind = loss
+        self.stream = stream
+        self.start_step = start_step  # the stream step this fit begins at
+        self.total_steps = total_steps
+        self.lr = optim.lr if lr is None else lr
+        self.schedule = optim.schedule if schedule is None else schedule
+        self.warmup_steps = optim.warmup_steps if warmup_steps is None else warmup_steps
+        self.strategy = strategy
+        self.current_phase: int | None = None
+        self.last_loss: float | None = None
+        self.last_finite_loss: float | None = None
+        self.last_grad_norm: float = 0.0
+        self.tokens_seen = 0
+
+    # ------------------------------------------------------------------ steps
+    @property
+    def stream_step(self) -> int:
+        """Training steps done on the stream so far (the global step across phases and fits)."""
+        return self.start_step + self.global_step
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model(tokens)
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        return batch.to(device) if isinstance(batch, Batch) else super().transfer_batch_to_device(
+            batch, device, dataloader_idx
+        )
+
+    def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
+        if self.stream is None:
+            return
+        phase = self.stream.phase_at(self.stream_step)
+        if phase != self.current_phase:
+            if self.strategy is not None and self.current_phase is not None:
+                self.strategy.on_phase_end(self, self.current_phase)
+            self.current_phase = phase
+            if self.strategy is not None:
+                self.strategy.on_phase_start(self, phase)
+
+    def on_train_end(self) -> None:
+        if self.strategy is not None and self.current_phase is not None:
+            self.strategy.on_phase_end(self, self.current_phase)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        if self.strategy is not None:
+            batch = self.strategy.transform_batch(self, batch)
+        logits = self.model(batch.tokens)
+        loss = sequence_loss(logits, batch, self.loss_kind)
+        if self.strategy is not None:
+            extra = self.strategy.penalty(self, batch, logits)
+            if extra is not None:
+                loss = loss + extra
+        value = float(loss.detach())
+        if not math.isfinite(value) or not torch.isfinite(logits.detach()).all():
+            raise DivergenceError(
+                f"non-finite {'loss' if not math.isfinite(value) else 'logits'} at step {self.stream_step}, "
+                f"phase {self.current_phase}; last finite loss {self.last_finite_loss}"
+            )
+        self.last_loss = self.last_finite_loss = value
+        self.tokens_seen += int(batch.scored.sum())
+        return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # The gradient-norm probe reads this (before clipping: the raw signal is what we want to see).
+        sq = [p.grad.detach().float().pow(2).sum() for p in self.model.parameters() if p.grad is not None]
+        self.last_grad_norm = float(torch.stack(sq).sum().sqrt()) if sq else 0.0
+
+    # ------------------------------------------------------------------ optimizer
+    def configure_optimizers(self):
+        decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2]
+        no_decay = [p for n, p in self.model.named_parameters() if p.ndim < 2]
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.lr,
+            betas=(self.optim.beta1, self.optim.beta2),
+        )
+        factor = lr_lambda(self.schedule, self.warmup_steps, self.total_steps, self.optim.min_lr_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

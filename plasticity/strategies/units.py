@@ -1,0 +1,118 @@
+"""Shared helpers for strategies that re-initialize weights: seeds, a fresh init of a whole model
+(reset, shrink_perturb), re-drawn hidden units and their optimizer moments (cbp, redo), and activation
+capture on the models' UnitLayers."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from torch import nn
+
+from plasticity.models import UnitLayer
+
+
+def derive_seed(*entropy: int) -> int:
+    """A 63-bit seed mixed from integers (the stream's seed, the strategy's seed, a counter, ...)."""
+    state = np.random.SeedSequence([int(e) for e in entropy]).generate_state(1, np.uint64)[0]
+    return int(state >> np.uint64(1))
+
+
+def make_generator(*entropy: int) -> torch.Generator:
+    # A CPU generator: draws are the same on CPU and CUDA runs and are moved to the device afterwards.
+    return torch.Generator().manual_seed(derive_seed(*entropy))
+
+
+def optimizer_of(module) -> torch.optim.Optimizer | None:
+    """The module's optimizer, or None before a Trainer has set it up (e.g. at attach)."""
+    try:
+        optimizers = module.trainer.optimizers
+    except RuntimeError:
+        return None
+    return optimizers[0] if optimizers else None
+
+
+def fresh_state(model: nn.Module, seed: int) -> dict[str, torch.Tensor]:
+    """A new random initialization of `model`'s architecture (CPU state dict), drawn with `seed`.
+
+    The models initialize themselves in __init__ with their own scheme (GPT-2 stds, fan-in scaling), so
+    a fresh instance built from the same (cfg, vocab_size, max_seq_len) is the exact init distribution.
+    Other models fall back to each submodule's `reset_parameters` (PyTorch's defaults)."""
+    with torch.random.fork_rng(devices=[]):  # leaves the global CPU stream (and CUDA's) untouched
+        torch.default_generator.manual_seed(seed)
+        if all(hasattr(model, a) for a in ("cfg", "vocab_size", "max_seq_len")):
+            fresh = type(model)(model.cfg, model.vocab_size, model.max_seq_len)
+        else:
+            fresh = copy.deepcopy(model).cpu()
+            for m in fresh.modules():
+                if hasattr(m, "reset_parameters"):
+                    m.reset_parameters()
+    return fresh.state_dict()
+
+
+@torch.no_grad()
+def reset_moments(optimizer: torch.optim.Optimizer | None, param: torch.Tensor, index) -> None:
+    """Zero the per-element optimizer state (Adam's exp_avg/exp_avg_sq, SGD momentum...) at `index`.
+
+    Adam's step count is one scalar per tensor, so a reset entry restarts its moments without bias
+    correction: its first updates have magnitude ≈ (1-β1)/sqrt(1-β2)·lr, bounded like any other."""
+    if optimizer is None:
+        return
+    for value in optimizer.state.get(param, {}).values():
+        if torch.is_tensor(value) and value.shape == param.shape:
+            pass
+
+
+@torch.no_grad()
+def reinit_units(layer: UnitLayer, idx: torch.Tensor, optimizer: torch.optim.Optimizer | None,
+                 generator: torch.Generator) -> None:
+    """Re-draw units `idx` of a layer: incoming row ~ N(0, init_std²), bias 0, outgoing column 0.
+
+    With the outgoing weights at zero the network computes the same function right after the reset, and
+    the new unit grows in through the gradient of its outgoing weights (Dohare et al. 2024)."""
+    if idx.numel() == 0:
+        return
+    w_in, b_in, w_out = layer.in_linear.weight, layer.in_linear.bias, layer.out_linear.weight
+    idx = idx.to(w_in.device)
+    fresh = torch.randn(idx.numel(), w_in.shape[1], generator=generator) * layer.init_std
+    w_in[idx] = fresh.to(w_in)
+    w_out[:, idx] = 0
+    reset_moments(optimizer, w_in, idx)
+    reset_moments(optimizer, w_out, (slice(None), idx))
+    if b_in is not None:
+        b_in[idx] = 0
+        reset_moments(optimizer, b_in, idx)
+
+
+class ActivityCapture:
+    """Forward hooks on each layer's `act`, live between start() and stop(): every forward stores the
+    units' mean |activation| over all leading axes (batch and positions), detached, by layer name.
+
+    Strategies start it in on_train_batch_start and stop it in on_train_batch_end, so only the training
+    forward is seen (not evaluation passes, nor a deep copy of the model, which would copy live hooks)."""
+
+    def __init__(self, layers: list[UnitLayer]):
+        self.layers = layers
+        self.activity: dict[str, torch.Tensor] = {}
+        self._handles: list = []
+
+    def _hook(self, name: str):
+        def hook(_module, _inputs, output):
+            self.activity[name] = output.detach().abs().float().reshape(-1, output.shape[-1]).mean(0)
+        return hook
+
+    @property
+    def active(self) -> bool:
+        return bool(self._handles)
+
+    def start(self) -> None:
+        self.stop()
+        self.activity = {}
+        self._handles = [layer.act.register_forward_hook(self._hook(layer.name)) for layer in self.layers]
+
+    def stop(self) -> dict[str, torch.Tensor]:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        return self.activity

@@ -1,0 +1,244 @@
+"""The family contract: a Batch of tokens with the exact posterior predictive at every position.
+
+A family is a dataclass of its parameters; `sample(batch_size, generator)` draws one task per sequence
+(a permutation, an HMM, a Dirichlet θ...) and the tokens, and computes the exact posterior predictive of
+every next token, vectorized over the batch. Families validate their parameters on construction and
+raise ValueError naming the parameter, the value and the allowed range.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Batch:
+    """`posterior[b, t]` is the exact distribution of `tokens[b, t+1]` given `tokens[b, :t+1]`.
+
+    It is meaningful where `scored[b, t]`; elsewhere it is all zeros. `scored[:, -1]` is always False.
+    `latent` optionally carries the sampled tasks, for diagnostics (tensors with a leading batch axis).
+    """
+
+    tokens: torch.Tensor  # long [B, T]
+    posterior: torch.Tensor  # float64 [B, T, V]
+    scored: torch.Tensor  # bool [B, T]
+    latent: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        B, T = self.tokens.shape
+        if self.posterior.shape[:2] != (B, T) or self.scored.shape != (B, T):
+            raise ValueError(
+                f"Batch shapes disagree: tokens {tuple(self.tokens.shape)}, "
+                f"posterior {tuple(self.posterior.shape)}, scored {tuple(self.scored.shape)}"
+            )
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    @property
+    def vocab_size(self) -> int:
+        return self.posterior.shape[-1]
+
+    def to(self, device: torch.device | str, posterior_dtype: torch.dtype | None = None) -> Batch:
+        post = self.posterior.to(device=device, dtype=posterior_dtype or self.posterior.dtype)
+        return Batch(self.tokens.to(device), post, self.scored.to(device), dict(self.latent))
+
+    def __getitem__(self, index) -> Batch:
+        latent = {k: v[index] for k, v in self.latent.items()}
+        return Batch(self.tokens[index], self.posterior[index], self.scored[index], latent)
+
+    @staticmethod
+    def cat(batches: list[Batch]) -> Batch:
+        """Concatenate along the batch axis; all batches must share T and V. Latents are dropped
+        unless every batch has the same keys with matching shapes."""
+        latent: dict[str, torch.Tensor] = {}
+        keys = set(batches[0].latent)
+        if all(set(b.latent) == keys for b in batches):
+            try:
+                latent = {k: torch.cat([b.latent[k] for b in batches]) for k in keys}
+            except RuntimeError:
+                latent = {}
+        return Batch(
+            torch.cat([b.tokens for b in batches]),
+            torch.cat([b.posterior for b in batches]),
+            torch.cat([b.scored for b in batches]),
+            latent,
+        )
+
+    def placed(self, offset: int, vocab_size: int) -> Batch:
+        """The same batch with every token id shifted by `offset` in a vocabulary of `vocab_size`."""
+        V = self.vocab_size
+        if offset < 0 or offset + V > vocab_size:
+            raise ValueError(f"cannot place {V} tokens at offset {offset} in a vocabulary of {vocab_size}")
+        if offset == 0 and V == vocab_size:
+            return self
+        post = self.posterior.new_zeros(*self.posterior.shape[:2], vocab_size)
+        post[..., offset : offset + V] = self.posterior
+        return Batch(self.tokens + offset, post, self.scored, self.latent)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Registry
+
+
+@dataclass
+class Family:
+    """Base class: subclasses are dataclasses whose fields are the family's parameters."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    # The parameter that sets the sequence length, for longer evaluation banks (None: fixed length).
+    length_param: ClassVar[str | None] = None
+
+    @property
+    def vocab_size(self) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @property
+    def seq_len(self) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> Batch:  # pragma: no cover
+        raise NotImplementedError
+
+    def params(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def with_length(self, length: int) -> Family:
+        """The same family with sequences of a different length (for length generalization)."""
+        if self.length_param is None:
+            raise ValueError(f"family '{self.name}' has a fixed sequence length")
+        return dataclasses.replace(self, **{self.length_param: length})
+
+    def __str__(self) -> str:
+        args = ", ".join(f"{k}={v}" for k, v in self.params().items())
+        return f"{self.name}({args})"
+
+
+_FAMILIES: dict[str, type[Family]] = {}
+
+
+def register(cls: type[Family]) -> type[Family]:
+    if not cls.name or not cls.description:
+        raise TypeError(f"{cls.__name__} needs a name and a one-line description")
+    _FAMILIES[cls.name] = cls
+    return cls
+
+
+@dataclass(frozen=True)
+class FamilyInfo:
+    name: str
+    description: str
+    params: dict[str, Any]  # parameter -> default (dataclasses.MISSING shown as None)
+    length_param: str | None
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None
+
+
+def families() -> list[FamilyInfo]:
+    """Every registered family with its parameters, their defaults and its description."""
+    return [
+        FamilyInfo(c.name, c.description, {f.name: _default(f) for f in dataclasses.fields(c)}, c.length_param)
+        for c in sorted(_FAMILIES.values(), key=lambda c: c.name)
+    ]
+
+
+def did_you_mean(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def family_class(name: str) -> type[Family]:
+    if name not in _FAMILIES:
+        known = sorted(_FAMILIES)
+        raise ValueError(f"unknown family '{name}'; known families: {', '.join(known)}.{did_you_mean(name, known)}")
+    return _FAMILIES[name]
+
+
+def make(name: str, **params: Any) -> Family:
+    """Build a family by name, e.g. `make("bijection", n_keys=8)`."""
+    cls = family_class(name)
+    allowed = [f.name for f in dataclasses.fields(cls)]
+    for key in params:
+        if key not in allowed:
+            raise ValueError(
+                f"unknown parameter '{key}' for family '{name}'; allowed: {', '.join(allowed)}."
+                f"{did_you_mean(key, allowed)}"
+            )
+    return cls(**params)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Validation: one message shape everywhere, "<family>.<param>=<value>: must be <range>".
+
+
+def check_int(family: str, param: str, value: Any, low: int, high: float = math.inf) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
+        rng = f">= {low}" if high == math.inf else f"in [{low}, {int(high)}]"
+        raise ValueError(f"{family}.{param}={value!r}: must be an integer {rng}")
+    return int(value)
+
+
+def check_positive_floats(family: str, param: str, value: Any, n: int) -> tuple[float, ...]:
+    """A positive float, or a list of `n` positive floats; returned as a tuple of length n."""
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    if isinstance(value, (list, tuple)) and len(values) != n:
+        raise ValueError(f"{family}.{param}={value!r}: must be a positive float or a list of {n} positive floats")
+    try:
+        floats = [float(v) for v in values]
+    except (TypeError, ValueError):
+        floats = [-1.0]
+    if any(isinstance(v, bool) for v in values) or not all(math.isfinite(v) and v > 0 for v in floats):
+        raise ValueError(f"{family}.{param}={value!r}: must be > 0 (a float, or a list of {n} floats)")
+    return tuple(floats) * (n if len(floats) == 1 else 1)
+
+
+def check_open_unit(family: str, param: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) < 1.0:
+        raise ValueError(f"{family}.{param}={value!r}: must be a float in the open interval (0, 1)")
+    return float(value)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sampling helpers: every draw goes through the caller's torch.Generator, so batches are reproducible.
+
+
+def numpy_rng(generator: torch.Generator) -> np.random.Generator:
+    """A numpy Generator seeded from the torch generator (torch has no seeded gamma/Dirichlet sampler)."""
+    seed = torch.randint(0, 2**62, (1,), generator=generator).item()
+    return np.random.default_rng(seed)
+
+
+def sample_dirichlet(alpha: torch.Tensor | tuple[float, ...], shape: tuple[int, ...], generator: torch.Generator
+                     ) -> torch.Tensor:
+    """Draw Dirichlet(alpha) vectors of shape `shape + (K,)` in float64."""
+    alpha_np = np.asarray(alpha, dtype=np.float64)
+    g = numpy_rng(generator).standard_gamma(np.broadcast_to(alpha_np, (*shape, alpha_np.shape[-1])))
+    g = np.maximum(g, 1e-300)  # tiny α can underflow every gamma draw to 0
+    return torch.from_numpy(g / g.sum(-1, keepdims=True))
+
+
+def sample_categorical(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One draw per row of `probs[..., K]` by inverting the CDF with one uniform per row."""
+    u = torch.rand(probs.shape[:-1], generator=generator, dtype=torch.float64).unsqueeze(-1)
+    cdf = probs.to(torch.float64).cumsum(-1)
+    idx = (cdf < u * cdf[..., -1:]).sum(-1)
+    return idx.clamp_(max=probs.shape[-1] - 1)
+
+
+def random_permutations(batch_size: int, n: int, generator: torch.Generator) -> torch.Tensor:
+    """`batch_size` independent uniform permutations of range(n), as a long tensor [B, n]."""
+    return torch.rand(batch_size, n, generator=generator, dtype=torch.float64).argsort(dim=-1)

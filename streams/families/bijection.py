@@ -1,0 +1,86 @@
+"""Bijection elimination (the paper's task A): recall a random key→value bijection pair by pair.
+
+Token layout (V = 2 * n_keys, T = 2 * n_pairs):
+    ids 0 .. n_keys-1            keys
+    ids n_keys .. 2*n_keys-1     values
+    sequence                     k1 v1 k2 v2 ... k_P v_P
+
+Each sequence draws a uniform bijection (permutation) from keys to values. Without replacement the P
+keys are distinct and in uniformly random order (P <= n_keys); with replacement they are i.i.d. uniform.
+Scored positions are the key positions, predicting the value that follows. Given the prefix, the
+bijections still possible are exactly those agreeing with the pairs shown, so the posterior of the
+value is a point mass on the bound value if the key appeared before, and otherwise uniform over the
+values not yet used by earlier keys (each unseen key is equally likely to map to each unused value).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from streams.base import Batch, Family, check_int, random_permutations, register
+
+
+@register
+@dataclass
+class Bijection(Family):
+    n_keys: int = 8
+    n_pairs: int | None = None  # None: n_keys
+    with_replacement: bool = False
+
+    name = "bijection"
+    description = "recall a random key->value bijection; posterior eliminates used values"
+    length_param = "n_pairs"
+
+    def __post_init__(self) -> None:
+        check_int(self.name, "n_keys", self.n_keys, 2)
+        if not isinstance(self.with_replacement, bool):
+            raise ValueError(f"{self.name}.with_replacement={self.with_replacement!r}: must be true or false")
+        if self.n_pairs is not None:
+            high = float("inf") if self.with_replacement else self.n_keys
+            check_int(self.name, "n_pairs", self.n_pairs, 1, high)
+
+    @property
+    def pairs(self) -> int:
+        return self.n_keys if self.n_pairs is None else int(self.n_pairs)
+
+    @property
+    def vocab_size(self) -> int:
+        return 2 * self.n_keys
+
+    @property
+    def seq_len(self) -> int:
+        return 2 * self.pairs
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
+        B, K, P = batch_size, self.n_keys, self.pairs
+        perm = random_permutations(B, K, generator)  # perm[b, k]: value index bound to key k
+        if self.with_replacement:
+            keys = torch.randint(0, K, (B, P), generator=generator)
+        else:
+            keys = random_permutations(B, K, generator)[:, :P]
+        values = perm.gather(1, keys)  # [B, P], value indices 0..K-1
+        tokens = torch.stack([keys, values + K], dim=-1).reshape(B, 2 * P)
+
+        seen = seen_before(keys, K)
+        # used[b, i, v]: value v was shown before pair i (repeated keys show the same value again).
+        onehot = torch.nn.functional.one_hot(values, K).to(torch.float64)  # [B, P, K]
+        used = (onehot.cumsum(1) - onehot) > 0
+        free = (~used).to(torch.float64)
+        uniform = free / free.sum(-1, keepdim=True).clamp(min=1)  # all used only if key seen
+        value_post = torch.where(seen[..., None], onehot, uniform)
+
+        posterior = torch.zeros(B, 2 * P, 2 * K, dtype=torch.float64)
+        posterior[:, 0::2, K:] = value_post
+        scored = torch.zeros(B, 2 * P, dtype=torch.bool)
+        scored[:, 0::2] = True
+        return Batch(tokens, posterior, scored, {"perm": perm, "keys": keys})
+
+
+def seen_before(keys: torch.Tensor, n_keys: int) -> torch.Tensor:
+    """`seen[b, i]`: keys[b, i] already appeared among keys[b, :i]. An exclusive cumulative count of
+    one-hots, O(B·N·K) memory rather than the O(B·N²) of comparing all pairs (long query streams)."""
+    onehot = torch.nn.functional.one_hot(keys, n_keys)
+    before = onehot.cumsum(1) - onehot
+    return before.gather(2, keys[..., None]).squeeze(-1) > 0

@@ -1,0 +1,73 @@
+"""Associative recall: key→value pairs, then queries whose answers must be recalled.
+
+Token layout (V = 1 + n_keys + n_values, T = 2 * n_pairs + 1 + 2 * n_queries):
+    id 0                                 QUERY marker
+    ids 1 .. n_keys                      keys
+    ids n_keys+1 .. n_keys+n_values      values
+    sequence                             k1 v1 ... k_P v_P QUERY q1 a1 ... q_Q a_Q
+
+Each sequence draws a random map keys→values (every key's value i.i.d. uniform: any function, not a
+bijection). Pair keys and query keys are i.i.d. uniform over all keys, so a query may ask for a key
+never shown. Every key position (pairs and queries) is scored, predicting the value that follows: a
+point mass on the bound value if the key appeared earlier (in the pairs or in an earlier, answered
+query), else uniform over all values, since the values of distinct keys are independent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from streams.base import Batch, Family, check_int, register
+from streams.families.bijection import seen_before
+
+QUERY = 0
+
+
+@register
+@dataclass
+class Recall(Family):
+    n_keys: int = 8
+    n_values: int = 8
+    n_pairs: int = 8
+    n_queries: int = 4
+
+    name = "recall"
+    description = "associative recall of a random key->value map after a QUERY marker"
+    length_param = "n_queries"
+
+    def __post_init__(self) -> None:
+        check_int(self.name, "n_keys", self.n_keys, 2)
+        check_int(self.name, "n_values", self.n_values, 2)
+        check_int(self.name, "n_pairs", self.n_pairs, 1)
+        check_int(self.name, "n_queries", self.n_queries, 0)
+
+    @property
+    def vocab_size(self) -> int:
+        return 1 + self.n_keys + self.n_values
+
+    @property
+    def seq_len(self) -> int:
+        return 2 * self.n_pairs + 1 + 2 * self.n_queries
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
+        B, K, NV, P, Q = batch_size, self.n_keys, self.n_values, self.n_pairs, self.n_queries
+        table = torch.randint(0, NV, (B, K), generator=generator)  # table[b, k]: value index of key k
+        keys = torch.randint(0, K, (B, P + Q), generator=generator)  # pair keys, then query keys
+        values = table.gather(1, keys)
+        pair_tokens = torch.stack([keys + 1, values + 1 + K], dim=-1).reshape(B, 2 * (P + Q))
+        marker = torch.full((B, 1), QUERY, dtype=torch.long)
+        tokens = torch.cat([pair_tokens[:, : 2 * P], marker, pair_tokens[:, 2 * P :]], dim=1)
+
+        seen = seen_before(keys, K)  # [B, P+Q]: the key was shown (and answered) before
+        onehot = torch.nn.functional.one_hot(values, NV).to(torch.float64)
+        value_post = torch.where(seen[..., None], onehot, torch.full_like(onehot, 1.0 / NV))
+
+        key_pos = torch.cat([torch.arange(0, 2 * P, 2), torch.arange(2 * P + 1, 2 * (P + Q) + 1, 2)])
+        T, V = self.seq_len, self.vocab_size
+        posterior = torch.zeros(B, T, V, dtype=torch.float64)
+        posterior[:, key_pos, 1 + K :] = value_post
+        scored = torch.zeros(B, T, dtype=torch.bool)
+        scored[:, key_pos] = True
+        return Batch(tokens, posterior, scored, {"map": table, "keys": keys})

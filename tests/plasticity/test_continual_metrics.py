@@ -1,0 +1,57 @@
+import pytest
+import torch
+
+from plasticity.continual_metrics import (
+    auc_kl,
+    bwt_bits,
+    final_kl_bits,
+    final_mean_kl_bits,
+    forgetting_bits,
+    plasticity_gap_bits,
+    steps_to_threshold,
+)
+
+# Three phases; KL in bits on phase j's bank (columns) after training phase i (rows).
+R = [
+    [0.10, 2.00, 3.00],
+    [0.05, 0.20, 2.50],
+    [0.40, 0.30, 0.15],
+]
+
+
+def test_forgetting():
+    # Phase 0: 0.40 − min(0.10, 0.05, 0.40); phase 1: 0.30 − min(0.20, 0.30); last: 0.
+    assert forgetting_bits(R) == pytest.approx([0.35, 0.10, 0.0])
+    assert forgetting_bits(torch.tensor(R, dtype=torch.float64)) == pytest.approx([0.35, 0.10, 0.0])
+    # Rows trained so far: after two phases only.
+    assert forgetting_bits(R[:2]) == pytest.approx([0.0, 0.0])
+
+
+def test_bwt_sign_positive_is_worse():
+    assert bwt_bits(R) == pytest.approx(((0.40 - 0.10) + (0.30 - 0.20)) / 2)
+    improved = [[0.5, 1.0], [0.2, 0.3]]
+    assert bwt_bits(improved) == pytest.approx(-0.3)
+    assert bwt_bits([[0.7]]) == 0.0
+
+
+def test_final():
+    assert final_kl_bits(R) == 0.15
+    assert final_mean_kl_bits(R) == pytest.approx((0.40 + 0.30 + 0.15) / 3)
+    assert final_mean_kl_bits(R[:2]) == pytest.approx((0.05 + 0.20) / 2)  # future phases excluded
+    with pytest.raises(ValueError):
+        final_kl_bits([[0.1], [0.2]])
+
+
+def test_auc_and_threshold():
+    steps, kls = [100, 110, 130], [2.0, 1.0, 0.0]
+    # Area = 10·1.5 + 20·0.5 = 25 over a span of 30.
+    assert auc_kl(steps, kls) == pytest.approx(25 / 30)
+    assert auc_kl(steps, kls, length=50) == pytest.approx(0.5)
+    assert auc_kl([5], [0.3]) == 0.3
+    assert steps_to_threshold(steps, kls, 1.0, start=100) == 10
+    assert steps_to_threshold(steps, kls, -1.0, start=100) is None
+
+
+def test_plasticity_gap():
+    fresh = [[0.1, 9.0, 9.0], [9.0, 0.1, 9.0], [9.0, 9.0, 0.1]]
+    assert plasticity_gap_bits(R, fresh) == pytest.approx([0.0, 0.1, 0.05])
