@@ -12,6 +12,7 @@ import sys
 from plasticity.config import GROUPS, ConfigError, group_options, load_config
 
 EXIT_CONFIG = 2
+EXIT_PREEMPTED = 143  # 128 + SIGTERM, what a scheduler expects from a job it asked to stop
 
 
 def _print_table(summary: dict) -> None:
@@ -50,6 +51,26 @@ def _print_table(summary: dict) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from plasticity.checkpointing import Preempted
+
+    try:
+        summary = _resume(args) if args.resume else _run(args)
+    except Preempted as e:
+        print(f"{e}; continue with: plasticity run --resume {args.resume or '<run dir>'}", file=sys.stderr)
+        return EXIT_PREEMPTED
+    _print_table(summary)
+    return 0
+
+
+def _resume(args: argparse.Namespace) -> dict:
+    if args.experiment or args.overrides:
+        raise ConfigError("--resume takes a run directory only: the run continues with the config it started with")
+    from plasticity.experiment import resume
+
+    return resume(args.resume)
+
+
+def _run(args: argparse.Namespace) -> dict:
     experiment, overrides = args.experiment, list(args.overrides)
     if experiment is not None and "=" in experiment:
         overrides.insert(0, experiment)
@@ -60,9 +81,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     validate(cfg)
     from plasticity.experiment import run
 
-    summary = run(cfg)
-    _print_table(summary)
-    return 0
+    return run(cfg)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -87,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run an experiment (default: the default experiment)")
     run.add_argument("experiment", nargs="?", help="a name under configs/experiment or a YAML file")
     run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. model=mlp trainer.threads=1")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoints")
     run.set_defaults(func=cmd_run)
     lst = sub.add_parser("list", help="list experiments, streams, models, strategies and task families")
     lst.set_defaults(func=cmd_list)

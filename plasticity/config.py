@@ -67,6 +67,23 @@ class RunConfig:
     name: str | None = None  # default: experiment name + timestamp
     dir: str | None = None  # overrides runs/<name>
     root: str = "runs"
+    checkpoint_every: int = 500  # stream steps between resumable checkpoints (0: only at SIGTERM)
+
+
+@dataclass
+class WandbConfig:
+    # online | offline | disabled; unset: $WANDB_MODE if set, else online when an API key is configured,
+    # else offline (files kept for `wandb sync`).
+    mode: str | None = None
+    project: str = "plasticity"
+    entity: str | None = None
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LoggerConfig:
+    wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
 @dataclass
@@ -85,6 +102,8 @@ class ExperimentConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    plots: bool = True  # PNGs in <run>/plots at the end of the run
     progress: bool = True
 
 
@@ -93,8 +112,10 @@ CHOICES = {
     "optim.schedule": ("cosine", "constant"),
     "trainer.accelerator": ("auto", "cpu", "cuda"),
 }
+OPTIONAL_CHOICES = {"logger.wandb.mode": ("online", "offline", "disabled")}
 POSITIVE = ("optim.lr", "optim.online_lr", "eval.every", "eval.batch_size", "optim.grad_clip")
-NON_NEGATIVE = ("optim.weight_decay", "optim.warmup_steps", "trainer.threads", "eval.tau", "optim.min_lr_ratio")
+NON_NEGATIVE = ("run.checkpoint_every", "optim.weight_decay", "optim.warmup_steps", "trainer.threads", "eval.tau",
+                "optim.min_lr_ratio")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -284,6 +305,9 @@ def validate(cfg: DictConfig) -> None:
     for key, allowed in CHOICES.items():
         if _get(cfg, key) not in allowed:
             raise ConfigError(f"{key}={_get(cfg, key)!r}: must be one of {', '.join(allowed)}")
+    for key, allowed in OPTIONAL_CHOICES.items():
+        if _get(cfg, key) is not None and _get(cfg, key) not in allowed:
+            raise ConfigError(f"{key}={_get(cfg, key)!r}: must be one of {', '.join(allowed)} (or unset)")
     for key in POSITIVE:
         if not _get(cfg, key) > 0:
             raise ConfigError(f"{key}={_get(cfg, key)!r}: must be > 0")

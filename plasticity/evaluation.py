@@ -63,6 +63,7 @@ class Evaluator(pl.Callback):
         reference_name: str,
         write_rows: Callable[[list[dict]], None],
         on_eval: Callable[[str, int, float], None] | None = None,
+        on_phase_end: Callable[[str, int, dict[int, list[float]]], None] | None = None,
     ):
         self.arm, self.stream, self.banks = arm, stream, banks
         self.eval_steps = eval_steps
@@ -70,12 +71,14 @@ class Evaluator(pl.Callback):
         self.reference_state, self.reference_name = reference_state, reference_name
         self.write_rows = write_rows
         self.on_eval = on_eval
+        self.on_phase_end = on_phase_end
         self.phase_ends = {p.start + p.steps: i for i, p in enumerate(stream.phases)}
         self.R: dict[int, list[float]] = {}  # phase index -> KL on every phase's bank at its end
         self.curves: dict[int, list[tuple[int, float]]] = {j: [] for j in banks}  # eval phase -> (step, kl)
         self.seconds = 0.0
 
-    def evaluate(self, model: nn.Module, step: int, grad_norm: float = 0.0) -> list[dict]:
+    def evaluate(self, model: nn.Module, step: int, grad_norm: float = 0.0, record: bool = True) -> list[dict]:
+        """Evaluate on every bank; `record=False` only returns the rows (see `replay`)."""
         t0 = time.perf_counter()
         device = next(model.parameters()).device
         phase = self.stream.phase_at(min(step, self.stream.total_steps) - 1) if step > 0 else 0
@@ -90,18 +93,23 @@ class Evaluator(pl.Callback):
             row = {"arm": self.arm, "step": step, "phase": phase, "eval_phase": j,
                    "eval_phase_name": self.stream.phases[j].name}
             row.update({k: m[k] for k in ROW_METRICS})
-            row["kl_bits_by_position"] = m["kl_bits_by_position"]
+            for key in ("kl_bits_by_position", "model_entropy_bits_by_position", "posterior_entropy_bits_by_position"):
+                row[key] = m[key]
             row.update(probes)
             rows.append(row)
-            self.curves[j].append((step, m["kl_bits"]))
-        self.record(step, rows)
+        if record:
+            for r in rows:
+                self.curves[r["eval_phase"]].append((step, r["kl_bits"]))
+            self.record(step, rows)
         self.seconds += time.perf_counter() - t0
         return rows
 
     def record(self, step: int, rows: list[dict]) -> None:
+        self.write_rows(rows)
         if step in self.phase_ends:
             self.R[self.phase_ends[step]] = [r["kl_bits"] for r in sorted(rows, key=lambda r: r["eval_phase"])]
-        self.write_rows(rows)
+            if self.on_phase_end is not None:
+                self.on_phase_end(self.arm, self.phase_ends[step], dict(self.R))
         if self.on_eval is not None:
             current = [r for r in rows if r["eval_phase"] == r["phase"]]
             self.on_eval(self.arm, step, current[0]["kl_bits"] if current else float("nan"))
@@ -113,6 +121,14 @@ class Evaluator(pl.Callback):
         for r in rows:
             self.curves[r["eval_phase"]].append((step, r["kl_bits"]))
         self.record(step, rows)
+
+    def state_dict(self) -> dict:
+        return {"R": {int(k): list(v) for k, v in self.R.items()},
+                "curves": {int(j): [list(p) for p in c] for j, c in self.curves.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.R = {int(k): list(v) for k, v in state["R"].items()}
+        self.curves = {int(j): [tuple(p) for p in c] for j, c in state["curves"].items()}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = pl_module.stream_step

@@ -3,12 +3,17 @@
 `run(cfg)` is callable from tests and scripts; the CLI is a thin layer over it. Phase 0 is shared by all
 arms and cached in the run directory (checkpoints/pretrained.pt); each arm then trains (or not, for
 `frozen`) through the remaining phases under its strategy, evaluated on every phase's eval bank.
+
+Every fit (pretraining, an arm, a fresh learner) is a unit of work that checkpoints itself and, once
+done, leaves `checkpoints/<unit>.pt` with its result: `resume(run_dir)` skips finished units, continues
+the interrupted one from its checkpoint and drops the metrics rows written after that checkpoint.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 import warnings
 import zlib
@@ -18,20 +23,24 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig
+import yaml
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from plasticity.config import ConfigError, to_container, validate
+from plasticity.checkpointing import Checkpointer, StopFlag, load_checkpoint
+from plasticity.config import ConfigError, ExperimentConfig, to_container, validate
 from plasticity.continual_metrics import auc_kl, bwt_bits, forgetting_bits, plasticity_gap_bits, steps_to_threshold
 from plasticity.evaluation import Evaluator, eval_schedule
 from plasticity.models import ModelConfig, build_model, count_parameters
-from plasticity.module import WindTunnelModule, stream_loader
+from plasticity.module import DivergenceError, WindTunnelModule, stream_loader
 from plasticity.progress import RunProgress
 from plasticity.rundir import RunDir, atomic_torch_save
+from plasticity.sinks import RunSink, Sinks
 from plasticity.strategies import Strategy, build_strategy
 from streams.stream import Stream
 
 PRETRAIN_ARM = "pretrain"
+PRETRAIN_UNIT = "pretrained"  # checkpoints/pretrained.pt: the shared phase-0 weights
 
 # Lightning's banner lines (GPU available, tips) would drown the run's own output.
 logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
@@ -49,14 +58,8 @@ class Parts:
         return build_model(self.model_cfg, self.stream.vocab_size, self.stream.max_seq_len)
 
 
-def _model_config(cfg: DictConfig) -> ModelConfig:
-    return ModelConfig(**to_container(cfg.model))
-
-
 def build_parts(cfg: DictConfig) -> Parts:
     """Everything that can fail on bad input, built cheaply (no eval banks, no training)."""
-    from streams.stream import StreamSpec  # noqa: F401  (the schema type of cfg.stream)
-
     spec = to_container(cfg.stream)
     if cfg.eval.size is not None:
         spec["eval_size"] = cfg.eval.size
@@ -66,12 +69,15 @@ def build_parts(cfg: DictConfig) -> Parts:
         msg = str(e)
         raise ConfigError(msg if msg.startswith("stream") else f"stream: {msg}") from None
     try:
-        model_cfg = _model_config(cfg)
+        model_cfg = ModelConfig(**to_container(cfg.model))
         build_model(model_cfg, stream.vocab_size, stream.max_seq_len)
     except ValueError as e:
         msg = str(e)
         raise ConfigError(msg if msg.startswith("model") else f"model: {msg}") from None
     strategies = {arm: build_strategy(arm, dict(entry)) for arm, entry in to_container(cfg.arms).items()}
+    for arm in strategies:
+        if arm in (PRETRAIN_ARM, "fresh"):
+            raise ConfigError(f"arms.{arm}: '{arm}' is reserved; give the arm another name")
     if len(stream.phases) > 1 and not strategies:
         raise ConfigError("arms: a stream with several phases needs at least one arm (e.g. arms=[frozen,naive])")
     accel = cfg.trainer.accelerator
@@ -106,20 +112,27 @@ def _trainer(parts: Parts, cfg: DictConfig, max_steps: int, callbacks: list) -> 
     )
 
 
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
 class Experiment:
     """One run: the stream, the pretrained weights, the arms, and the run directory."""
 
-    def __init__(self, cfg: DictConfig, run_dir: Path | None = None):
+    def __init__(self, cfg: DictConfig, run_dir: Path | None = None, sinks: list[RunSink] | None = None,
+                 resume: bool = False):
         validate(cfg)
         self.cfg = cfg
         self.parts = build_parts(cfg)
         self.stream = self.parts.stream
         self.rundir = RunDir(run_dir or default_run_dir(cfg))
+        self.resume = resume
         self.progress = RunProgress(enabled=cfg.progress)
+        self.sinks = Sinks(sinks)
+        self.stop = StopFlag()
         self.arm_results: dict[str, dict] = {}
-        self.train_seconds = 0.0
+        self.train_seconds = self.eval_seconds = 0.0
         self.train_tokens = 0
-        self.eval_seconds = 0.0
 
     # ------------------------------------------------------------------ pieces
     def _evaluator(self, arm: str, start: int, end: int, reference: dict | None,
@@ -128,32 +141,67 @@ class Experiment:
         return Evaluator(
             arm, self.stream, self.banks, eval_schedule(self.cfg.eval.every, start, end, phase_ends),
             self.cfg.eval.batch_size, self.cfg.eval.probes, self.cfg.eval.tau, reference, reference_name,
-            self.rundir.append_metrics, self.progress.on_eval,
+            self._write_rows, self.progress.on_eval,
+            lambda arm, phase, R: self.sinks.call("on_phase_end", arm, phase, R),
         )
 
-    def _fit(self, arm: str, model: nn.Module, start: int, end: int, evaluator: Evaluator, lr: float,
-             schedule: str, warmup: int, strategy: Strategy | None = None) -> None:
+    def _write_rows(self, rows: list[dict]) -> None:
+        self.rundir.append_metrics(rows)  # the source of truth first
+        self.sinks.call("on_rows", rows)
+
+    def _ckpt(self, unit: str) -> Path:
+        return self.rundir.checkpoints / f"{unit}-last.pt"
+
+    def _fit(self, unit: str, model: nn.Module, start: int, end: int, evaluator: Evaluator, lr: float,
+             schedule: str, warmup: int, strategy: Strategy | None = None) -> str | None:
+        """Train `model` on stream steps [start, end); continue from the unit's checkpoint if there is one.
+        Returns a divergence message, or None."""
+        state = load_checkpoint(self._ckpt(unit), self.parts.device) if self.resume else None
         module = WindTunnelModule(
             model, self.cfg.optim, self.cfg.loss, self.stream, start, end - start,
-            lr=lr, schedule=schedule, warmup_steps=warmup, strategy=strategy,
+            lr=lr, schedule=schedule, warmup_steps=warmup, strategy=strategy, resume_state=state,
         )
-        callbacks: list = [evaluator, self.progress.callback(arm, end - start)]
         if strategy is not None:
             strategy.attach(module, self.stream, self.init_state)
+        if state is not None:  # after attach, which records the weights the arm started from
+            model.load_state_dict(state["model"])
+            evaluator.load_state_dict(state["evaluator"])
+            if strategy is not None:
+                strategy.load_state_dict(state["strategy"])
+            module.start_step = state["stream_step"]
+        first = module.start_step
+        callbacks: list = [evaluator, self.progress.callback(unit, end - first)]
+        if strategy is not None:
             callbacks.append(strategy)
-        t0 = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", ".*does not have many workers.*")
-            warnings.filterwarnings("ignore", ".*IterableDataset.*__len__.*")
-            warnings.filterwarnings("ignore", ".*LeafSpec.*")
-            _trainer(self.parts, self.cfg, end - start, callbacks).fit(module, stream_loader(self.stream, start, end))
-        self.train_seconds += time.perf_counter() - t0 - evaluator.seconds
-        self.eval_seconds += evaluator.seconds
-        self.train_tokens += (end - start) * self.stream.batch_size * self.stream.seq_len
+        callbacks.append(Checkpointer(self._ckpt(unit), self.cfg.run.checkpoint_every, end, evaluator, strategy,
+                                      self.stop))
+        t0, eval0 = time.perf_counter(), evaluator.seconds
+        diverged = None
+        if first < end:
+            with warnings.catch_warnings():
+                for pattern in (".*does not have many workers.*", ".*IterableDataset.*__len__.*", ".*LeafSpec.*"):
+                    warnings.filterwarnings("ignore", pattern)
+                try:
+                    _trainer(self.parts, self.cfg, end - first, callbacks).fit(
+                        module, stream_loader(self.stream, first, end))
+                except DivergenceError as e:
+                    diverged = str(e)
+                    print(f"warning: arm '{unit}' diverged: {diverged}; other arms continue")
+        self.train_seconds += time.perf_counter() - t0 - (evaluator.seconds - eval0)
+        self.eval_seconds += evaluator.seconds - eval0
+        self.train_tokens += (end - first) * self.stream.batch_size * self.stream.seq_len
+        return diverged
 
-    def _arm_summary(self, strategy: str, evaluator: Evaluator, R_rows: dict[int, list[float]]) -> dict:
-        R = [R_rows[i] for i in sorted(R_rows)]
-        phases = self.stream.phases
+    def _finish_unit(self, unit: str, payload: dict) -> None:
+        atomic_torch_save(payload, self.rundir.checkpoints / f"{unit}.pt")
+        self._ckpt(unit).unlink(missing_ok=True)
+
+    def _done(self, unit: str) -> dict | None:
+        path = self.rundir.checkpoints / f"{unit}.pt"
+        return load_checkpoint(path, self.parts.device) if self.resume else None
+
+    def _arm_summary(self, strategy: str, evaluator: Evaluator) -> dict:
+        R = [evaluator.R[i] for i in sorted(evaluator.R)]
         summary = {
             "strategy": strategy,
             "R_kl_bits": R,
@@ -164,110 +212,133 @@ class Experiment:
             "auc_kl": [],
             "steps_to_threshold": [],
         }
-        for i, p in enumerate(phases[: len(R)]):
+        for i, p in enumerate(self.stream.phases[: len(R)]):
             curve = [(s, k) for s, k in evaluator.curves.get(i, []) if p.start <= s <= p.start + p.steps]
-            if curve:
-                steps, kls = zip(*curve)
-                summary["auc_kl"].append(auc_kl(list(steps), list(kls)))
-                summary["steps_to_threshold"].append(
-                    steps_to_threshold(list(steps), list(kls), self.cfg.eval.threshold_bits, p.start))
-            else:
-                summary["auc_kl"].append(None)
-                summary["steps_to_threshold"].append(None)
+            steps, kls = (list(x) for x in zip(*curve)) if curve else ([], [])
+            summary["auc_kl"].append(auc_kl(steps, kls) if curve else None)
+            summary["steps_to_threshold"].append(
+                steps_to_threshold(steps, kls, self.cfg.eval.threshold_bits, p.start) if curve else None)
         return summary
 
     # ------------------------------------------------------------------ the protocol
     def pretrain(self) -> nn.Module:
         cfg, p0 = self.cfg, self.stream.phases[0]
         model = self.parts.new_model(cfg.seed).to(self.parts.device)
-        self.init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.init_state = _state(model)
         self.pretrain_eval = self._evaluator(PRETRAIN_ARM, 0, p0.steps, self.init_state, "init")
-        self.pretrain_eval.evaluate(model, 0)
-        self._fit(PRETRAIN_ARM, model, 0, p0.steps, self.pretrain_eval, cfg.optim.lr, cfg.optim.schedule,
-                  cfg.optim.warmup_steps)
-        atomic_torch_save({"model": model.state_dict(), "init": self.init_state},
-                          self.rundir.checkpoints / "pretrained.pt")
+        done = self._done(PRETRAIN_UNIT)
+        if done is not None:
+            model.load_state_dict(done["model"])
+            self.init_state = done["init"]
+            self.pretrain_eval.load_state_dict(done["evaluator"])
+            self.progress.advance(p0.steps)
+            return model
+        if not self._ckpt(PRETRAIN_UNIT).exists() or not self.resume:
+            self.pretrain_eval.evaluate(model, 0)
+        diverged = self._fit(PRETRAIN_UNIT, model, 0, p0.steps, self.pretrain_eval, cfg.optim.lr,
+                             cfg.optim.schedule, cfg.optim.warmup_steps)
+        if diverged:
+            raise DivergenceError(f"pretraining diverged: {diverged}")
+        self._finish_unit(PRETRAIN_UNIT, {"model": model.state_dict(), "init": self.init_state,
+                                         "evaluator": self.pretrain_eval.state_dict()})
         return model
 
     def run_arm(self, arm: str, strategy: Strategy, pretrained: nn.Module) -> None:
+        done = self._done(arm)
+        if done is not None:
+            self.arm_results[arm] = done["result"]
+            return
         cfg = self.cfg
         start, end = self.stream.phases[1].start, self.stream.total_steps
         pl.seed_everything(cfg.seed + zlib.crc32(arm.encode()) % 10_000, verbose=False)
         model = copy.deepcopy(pretrained)
-        reference = {k: v.detach().clone() for k, v in pretrained.state_dict().items()}
-        evaluator = self._evaluator(arm, start, end, reference)
-        evaluator.R[0] = self.pretrain_eval.R[0]
-        for j, curve in self.pretrain_eval.curves.items():
-            evaluator.curves[j] = list(curve)
+        evaluator = self._evaluator(arm, start, end, _state(pretrained))
+        evaluator.load_state_dict(self.pretrain_eval.state_dict())  # row 0 and the curves so far
+        diverged = None
         if strategy.frozen:
             t0 = time.perf_counter()
-            rows = self._frozen_rows(evaluator, model, start)
+            rows = evaluator.evaluate(model, start, record=False)
             for step in sorted(evaluator.eval_steps):
                 evaluator.replay(rows, step)
             self.eval_seconds += time.perf_counter() - t0
-            self.progress.skip(arm, end - start)
         else:
-            self._fit(arm, model, start, end, evaluator, cfg.optim.online_lr, "constant", 0, strategy)
-        atomic_torch_save({"model": model.state_dict()}, self.rundir.checkpoints / f"{arm}.pt")
-        self.arm_results[arm] = self._arm_summary(strategy.name, evaluator, evaluator.R)
+            diverged = self._fit(arm, model, start, end, evaluator, cfg.optim.online_lr, "constant", 0, strategy)
+        result = self._arm_summary(strategy.name, evaluator)
+        if diverged:
+            result["diverged"] = diverged
+        self.arm_results[arm] = result
+        self._finish_unit(arm, {"model": model.state_dict(), "result": result})
 
-    def _frozen_rows(self, evaluator: Evaluator, model: nn.Module, step: int) -> list[dict]:
-        """One evaluation of the unchanged weights, without recording it (replay records it per step)."""
-        write, on_eval, R, curves = evaluator.write_rows, evaluator.on_eval, dict(evaluator.R), {
-            k: list(v) for k, v in evaluator.curves.items()}
-        evaluator.write_rows, evaluator.on_eval = (lambda rows: None), None
-        try:
-            rows = evaluator.evaluate(model, step)
-        finally:
-            evaluator.write_rows, evaluator.on_eval, evaluator.R, evaluator.curves = write, on_eval, R, curves
-        return rows
-
-    def run_fresh(self) -> None:
+    def run_fresh(self) -> dict[int, float]:
         """A freshly initialized learner per phase, trained on that phase alone with the same budget."""
-        cfg = self.cfg
-        diag: dict[int, list[float]] = {}
+        cfg, diag = self.cfg, {}
         for i, p in enumerate(self.stream.phases[1:], start=1):
+            unit = f"fresh@{i}"
+            done = self._done(unit)
+            if done is not None:
+                diag[i] = done["kl_bits"]
+                continue
             model = self.parts.new_model(cfg.seed + 1000 * i).to(self.parts.device)
-            evaluator = self._evaluator("fresh", p.start, p.start + p.steps, None, "init")
-            evaluator.banks = {i: self.banks[i]}
-            evaluator.curves = {i: []}
-            self._fit("fresh", model, p.start, p.start + p.steps, evaluator, cfg.optim.lr, cfg.optim.schedule,
-                      cfg.optim.warmup_steps)
-            diag[i] = evaluator.R.get(i, [float("nan")])
-        self.fresh_diag = {i: row[0] for i, row in diag.items()}
+            evaluator = self._evaluator("fresh", p.start, p.end, None, "init")
+            evaluator.banks, evaluator.curves = {i: self.banks[i]}, {i: []}
+            self._fit(unit, model, p.start, p.end, evaluator, cfg.optim.lr, cfg.optim.schedule, cfg.optim.warmup_steps)
+            diag[i] = evaluator.R.get(i, [math.nan])[0]
+            self._finish_unit(unit, {"model": model.state_dict(), "kl_bits": diag[i]})
+        return diag
+
+    def _drop_rows_after_checkpoints(self) -> None:
+        """On resume, keep a metrics row only if its unit finished or the row precedes the unit's checkpoint."""
+        keep_until: dict[str, float] = {}
+
+        def limit(unit: str) -> float:
+            if unit not in keep_until:
+                if (self.rundir.checkpoints / f"{unit}.pt").exists():
+                    keep_until[unit] = math.inf
+                else:
+                    ckpt = load_checkpoint(self._ckpt(unit), torch.device("cpu"))
+                    keep_until[unit] = ckpt["stream_step"] if ckpt is not None else -1
+            return keep_until[unit]
+
+        def unit(row: dict) -> str:
+            return {"fresh": f"fresh@{row['eval_phase']}", PRETRAIN_ARM: PRETRAIN_UNIT}.get(row["arm"], row["arm"])
+
+        rows = self.rundir.metrics()
+        kept = [r for r in rows if r["step"] <= limit(unit(r))]
+        if len(kept) != len(rows):
+            self.rundir.rewrite_metrics(kept)
 
     def run(self) -> dict:
         t_start = time.perf_counter()
         cfg = self.cfg
-        self.rundir.create(to_container(cfg))
+        if self.resume:
+            self._drop_rows_after_checkpoints()
+        else:
+            self.rundir.create(to_container(cfg))
+        self.sinks.call("on_start", to_container(cfg), str(self.rundir.path))
         if cfg.trainer.threads > 0:
             torch.set_num_threads(cfg.trainer.threads)
         pl.seed_everything(cfg.seed, verbose=False)
         self.banks = self.stream.eval_banks()
-        total = self.stream.phases[0].steps + sum(
-            (0 if s.frozen else self.stream.total_steps - self.stream.phases[0].steps)
-            for s in self.parts.strategies.values()) if len(self.stream.phases) > 1 else self.stream.total_steps
-        with self.progress.run(total):
-            pretrained = self.pretrain()
-            if len(self.stream.phases) == 1:
-                self.arm_results[PRETRAIN_ARM] = self._arm_summary("pretrain", self.pretrain_eval,
-                                                                   self.pretrain_eval.R)
-            else:
+        phases, trained = self.stream.phases, [s for s in self.parts.strategies.values() if not s.frozen]
+        online = self.stream.total_steps - phases[0].steps
+        total = phases[0].steps + online * (len(trained) + (1 if cfg.fresh else 0))
+        self.stop.install()
+        try:
+            with self.progress.run(total):
+                pretrained = self.pretrain()
+                if len(phases) == 1:
+                    self.arm_results[PRETRAIN_ARM] = self._arm_summary("pretrain", self.pretrain_eval)
                 for arm, strategy in self.parts.strategies.items():
-                    self.run_arm(arm, strategy, pretrained)
-                if cfg.fresh:
-                    self.run_fresh()
-                    fresh_R = [[0.0] * len(self.stream.phases) for _ in self.stream.phases]
-                    for i, v in self.fresh_diag.items():
-                        fresh_R[i][i] = v
-                    for res in self.arm_results.values():
-                        gaps = plasticity_gap_bits(res["R_kl_bits"], fresh_R)
-                        res["plasticity_gap_bits"] = [None] + list(gaps[1:])
-                    self.arm_results["fresh"] = {"strategy": "fresh", "R_kl_diag_bits": self.fresh_diag}
+                    if len(phases) > 1:
+                        self.run_arm(arm, strategy, pretrained)
+                if cfg.fresh and len(phases) > 1:
+                    self._add_fresh(self.run_fresh())
+        finally:
+            self.stop.uninstall()
         wall = time.perf_counter() - t_start
         summary = {
             "name": cfg.name,
-            "phases": [p.name for p in self.stream.phases],
+            "phases": [p.name for p in phases],
             "arms": self.arm_results,
             "model": {"name": cfg.model.name, "parameters": count_parameters(pretrained)},
             "timing": {
@@ -279,12 +350,44 @@ class Experiment:
             },
         }
         self.rundir.write_summary(summary)
+        self.sinks.call("on_summary", summary)
+        self.sinks.call("close")
         return summary
 
+    def _add_fresh(self, diag: dict[int, float]) -> None:
+        n = len(self.stream.phases)
+        fresh_R = [[0.0] * n for _ in range(n)]
+        for i, v in diag.items():
+            fresh_R[i][i] = v
+        for res in self.arm_results.values():
+            res["plasticity_gap_bits"] = [None] + list(plasticity_gap_bits(res["R_kl_bits"], fresh_R)[1:])
+        self.arm_results["fresh"] = {"strategy": "fresh", "kl_bits_by_phase": {str(i): v for i, v in diag.items()}}
 
-def run(cfg: DictConfig, run_dir: Path | str | None = None) -> dict:
+
+def run(cfg: DictConfig, run_dir: Path | str | None = None, sinks: list[RunSink] | None = None) -> dict:
     """Run an experiment end to end; returns the summary (also written to the run directory)."""
-    exp = Experiment(cfg, Path(run_dir) if run_dir else None)
+    exp = Experiment(cfg, Path(run_dir) if run_dir else None, sinks)
+    summary = exp.run()
+    summary["run_dir"] = str(exp.rundir.path)
+    return summary
+
+
+def load_run_config(run_dir: Path | str) -> DictConfig:
+    """The resolved config a run directory was started with."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"--resume {run_dir}: no config.yaml there (not a run directory)")
+    raw = yaml.safe_load(path.read_text()) or {}
+    raw.pop("git_commit", None)
+    try:
+        return OmegaConf.merge(OmegaConf.structured(ExperimentConfig), raw)
+    except Exception as e:  # noqa: BLE001 - a hand-edited or foreign config.yaml
+        raise ConfigError(f"--resume {run_dir}: config.yaml does not match the schema: {e}".splitlines()[0]) from None
+
+
+def resume(run_dir: Path | str, sinks: list[RunSink] | None = None) -> dict:
+    """Continue an interrupted run; finished units are kept, the interrupted one continues from its checkpoint."""
+    exp = Experiment(load_run_config(run_dir), Path(run_dir), sinks, resume=True)
     summary = exp.run()
     summary["run_dir"] = str(exp.rundir.path)
     return summary

@@ -85,14 +85,16 @@ class WindTunnelModule(pl.LightningModule):
         schedule: str | None = None,
         warmup_steps: int | None = None,
         strategy: Strategy | None = None,
+        resume_state: dict | None = None,
     ):
         super().__init__()
         self.model = model
         self.optim = optim
         self.loss_kind = loss
         self.stream = stream
-        self.start_step = start_step  # the stream step this fit begins at
-        self.total_steps = total_steps
+        self.start_step = start_step  # the stream step this fit (or its resumption) begins at
+        self.total_steps = total_steps  # length of the learning-rate schedule
+        self.resume_state = resume_state  # a checkpoint to continue from (plasticity.checkpointing)
         self.lr = optim.lr if lr is None else lr
         self.schedule = optim.schedule if schedule is None else schedule
         self.warmup_steps = optim.warmup_steps if warmup_steps is None else warmup_steps
@@ -102,6 +104,24 @@ class WindTunnelModule(pl.LightningModule):
         self.last_finite_loss: float | None = None
         self.last_grad_norm: float = 0.0
         self.tokens_seen = 0
+
+    # ------------------------------------------------------------------ resumption
+    def progress_state(self) -> dict:
+        return {"current_phase": self.current_phase, "last_finite_loss": self.last_finite_loss,
+                "last_grad_norm": self.last_grad_norm, "tokens_seen": self.tokens_seen}
+
+    def on_train_start(self) -> None:
+        state = self.resume_state
+        if state is None:
+            return
+        from plasticity.checkpointing import restore_rng_states
+
+        self.trainer.optimizers[0].load_state_dict(state["optimizer"])
+        if state["scheduler"] is not None:
+            self.trainer.lr_scheduler_configs[0].scheduler.load_state_dict(state["scheduler"])
+        for key, value in state["module"].items():
+            setattr(self, key, value)
+        restore_rng_states(state["rng"])
 
     # ------------------------------------------------------------------ steps
     @property

@@ -112,6 +112,10 @@ class RunDir:
             f.flush()
             os.fsync(f.fileno())
 
+    def rewrite_metrics(self, rows: list[dict]) -> None:
+        """Replace metrics.jsonl atomically (used by resume to drop rows past a checkpoint)."""
+        atomic_write_text(self.metrics_path, "".join(json.dumps(_clean(r), allow_nan=False) + "\n" for r in rows))
+
     def metrics(self) -> list[dict]:
         return read_jsonl(self.metrics_path)
 
