@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 class Strategy(pl.Callback):
     name: ClassVar[str] = ""
     frozen: ClassVar[bool] = False  # True: weights never change; the arm is evaluated, not trained
+    # True: the strategy trains the arm with its own loop (`run_arm`), e.g. the Avalanche bridge
+    external_loop: ClassVar[bool] = False
 
     @dataclass
     class Params:
@@ -59,6 +61,12 @@ class Strategy(pl.Callback):
         self.module, self.stream = module, stream
         self.init_state = {k: v.detach().clone() for k, v in init_state.items()}
         self.start_state = {k: v.detach().clone() for k, v in module.model.state_dict().items()}
+
+    def run_arm(self, experiment, arm: str, model, evaluator, start: int, end: int) -> str | None:
+        """For `external_loop` strategies: train `model` on stream steps [start, end), calling
+        `evaluator.evaluate(model, step)` at every step in `evaluator.eval_steps`; return a divergence
+        message or None."""
+        raise NotImplementedError
 
     def on_phase_start(self, module: WindTunnelModule, phase: int) -> None:
         pass

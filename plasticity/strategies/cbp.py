@@ -50,18 +50,21 @@ class CBP(Strategy):
         self.layers = module.model.unit_layers()
         self.generator = make_generator(stream.seed, self.params.seed, 0x6362)
         dev = next(module.model.parameters()).device
-        self.utility = {l.name: torch.zeros(l.n_units, device=dev) for l in self.layers}
-        self.age = {l.name: torch.zeros(l.n_units, dtype=torch.long, device=dev) for l in self.layers}
-        self.pending = {l.name: 0.0 for l in self.layers}  # fractional units owed to replacement
+        self.utility = {u.name: torch.zeros(u.n_units, device=dev) for u in self.layers}
+        self.age = {u.name: torch.zeros(u.n_units, dtype=torch.long, device=dev) for u in self.layers}
+        self.pending = {u.name: 0.0 for u in self.layers}  # fractional units owed to replacement
         self.replaced = 0
         self.capture = ActivityCapture(self.layers)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.capture.start()
 
+    def on_after_backward(self, trainer, pl_module) -> None:
+        self.capture.stop()  # the training forward is done; later (evaluation) passes are not seen
+
     @torch.no_grad()
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        activity = self.capture.stop()
+        activity = self.capture.take()
         optimizer = optimizer_of(pl_module)
         rho, eta = self.params.replacement_rate, self.params.decay_rate
         for layer in self.layers:

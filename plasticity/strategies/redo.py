@@ -56,12 +56,15 @@ class ReDo(Strategy):
         if (self.steps + 1) % self.params.every == 0:  # the step that ends a period is the one scored
             self.capture.start()
 
+    def on_after_backward(self, trainer, pl_module) -> None:
+        self.capture.stop()  # the training forward is done; later (evaluation) passes are not seen
+
     @torch.no_grad()
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.steps += 1
-        if not self.capture.active:
+        activity = self.capture.take()
+        if not activity:
             return
-        activity = self.capture.stop()
         optimizer = optimizer_of(pl_module)
         for layer in self.layers:
             if layer.name in activity:

@@ -21,8 +21,9 @@ from streams import Batch
 
 def _strip(batch: Batch) -> Batch:
     """Tokens, posterior, scored, and the phase label when the stream gave one (other latents differ
-    between families and would stop Batch.cat from keeping any)."""
-    latent = {"phase": batch.latent["phase"]} if "phase" in batch.latent else {}
+    between families and would stop Batch.cat from keeping any). The label is put on the tokens'
+    device: Batch.to leaves latents where they were, and indexing needs them together."""
+    latent = {"phase": batch.latent["phase"].to(batch.tokens.device)} if "phase" in batch.latent else {}
     return Batch(batch.tokens, batch.posterior, batch.scored, latent)
 
 
@@ -60,7 +61,7 @@ class Replay(Strategy):
         for step in picks.div(B, rounding_mode="floor").unique().tolist():
             rows = picks[picks.div(B, rounding_mode="floor") == step] - step * B
             parts.append(_strip(self.stream.batch(p0.start + step))[rows])
-        self.buffer = Batch.cat(parts).to(self.device)
+        self.buffer = _strip(Batch.cat(parts).to(self.device))
         self.seen = total
 
     def _offer(self, batch: Batch) -> None:
@@ -82,15 +83,15 @@ class Replay(Strategy):
             dst = torch.tensor(list(last.keys()), device=self.device)
             src = torch.tensor(list(last.values()), device=self.device)
             for name in ("tokens", "posterior", "scored"):
-                getattr(self.buffer, name)[dst] = getattr(batch, name)[src].to(self.device)
+                getattr(self.buffer, name)[dst] = getattr(batch, name)[src]
             if "phase" in self.buffer.latent and "phase" in batch.latent:
-                self.buffer.latent["phase"][dst] = batch.latent["phase"][src].to(self.device)
+                self.buffer.latent["phase"][dst] = batch.latent["phase"][src]
 
     def transform_batch(self, module, batch: Batch) -> Batch:
         batch = _strip(batch)
         if batch.tokens.device != self.device:  # the model moved after attach: follow it once
             self.device = batch.tokens.device
-            self.buffer = self.buffer.to(self.device)
+            self.buffer = _strip(self.buffer.to(self.device))
         k = min(round(self.params.replay_fraction * len(batch)), len(self.buffer))
         # Drawn before the batch is offered to the buffer: the replayed part never repeats this batch.
         rows = torch.randperm(len(self.buffer), generator=self.generator)[:k].to(self.device)

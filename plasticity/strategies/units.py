@@ -61,7 +61,7 @@ def reset_moments(optimizer: torch.optim.Optimizer | None, param: torch.Tensor, 
         return
     for value in optimizer.state.get(param, {}).values():
         if torch.is_tensor(value) and value.shape == param.shape:
-            pass
+            value[index] = 0
 
 
 @torch.no_grad()
@@ -86,11 +86,13 @@ def reinit_units(layer: UnitLayer, idx: torch.Tensor, optimizer: torch.optim.Opt
 
 
 class ActivityCapture:
-    """Forward hooks on each layer's `act`, live between start() and stop(): every forward stores the
-    units' mean |activation| over all leading axes (batch and positions), detached, by layer name.
+    """Forward hooks on each layer's `act`, live between start() and stop(): every forward with
+    gradients enabled stores the units' mean |activation| over all leading axes (batch and positions),
+    detached, by layer name.
 
-    Strategies start it in on_train_batch_start and stop it in on_train_batch_end, so only the training
-    forward is seen (not evaluation passes, nor a deep copy of the model, which would copy live hooks)."""
+    Strategies start it in on_train_batch_start and stop it in on_after_backward, so only the training
+    forward is seen: the evaluator runs its (no-grad) passes in on_train_batch_end, and hooks left in
+    place would also be copied into any deep copy of the model."""
 
     def __init__(self, layers: list[UnitLayer]):
         self.layers = layers
@@ -99,20 +101,22 @@ class ActivityCapture:
 
     def _hook(self, name: str):
         def hook(_module, _inputs, output):
-            self.activity[name] = output.detach().abs().float().reshape(-1, output.shape[-1]).mean(0)
+            if torch.is_grad_enabled():
+                self.activity[name] = output.detach().abs().float().reshape(-1, output.shape[-1]).mean(0)
         return hook
-
-    @property
-    def active(self) -> bool:
-        return bool(self._handles)
 
     def start(self) -> None:
         self.stop()
         self.activity = {}
         self._handles = [layer.act.register_forward_hook(self._hook(layer.name)) for layer in self.layers]
 
-    def stop(self) -> dict[str, torch.Tensor]:
+    def stop(self) -> None:
         for h in self._handles:
             h.remove()
         self._handles = []
-        return self.activity
+
+    def take(self) -> dict[str, torch.Tensor]:
+        """Stop, and hand over what was captured since start() (empty if nothing, or already taken)."""
+        self.stop()
+        activity, self.activity = self.activity, {}
+        return activity

@@ -30,7 +30,7 @@ from plasticity.strategies.replay import Replay
 from plasticity.strategies.reset import Reset
 from plasticity.strategies.shrink_perturb import ShrinkPerturb
 from plasticity.strategies.si import SI
-from plasticity.strategies.units import derive_seed, fresh_state, make_generator, reinit_units
+from plasticity.strategies.units import ActivityCapture, derive_seed, fresh_state, make_generator, reinit_units
 from streams import Stream
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -140,14 +140,26 @@ def test_yaml_boolean_true_means_the_true_fisher():
     assert build_strategy("a", {"strategy": "ewc", "fisher": True}).params.fisher == "true"
 
 
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", ALL)
-def test_every_strategy_trains_through_two_phases(name):
-    extra = {"replay": {"buffer_size": 8}, "ewc": {"fisher_batches": 2}, "cbp": {"maturity_threshold": 2},
-             "redo": {"every": 3}, "shrink_perturb": {"every": 4}}.get(name, {})
+def test_every_strategy_trains_through_two_phases(name, device):
+    # Small enough settings that every mechanism fires within the 12 steps.
+    extra = {"replay": {"buffer_size": 8}, "ewc": {"fisher_batches": 2},
+             "cbp": {"maturity_threshold": 2, "replacement_rate": 0.05}, "redo": {"every": 3, "tau": 0.9},
+             "shrink_perturb": {"every": 4}}.get(name, {})
     strategy = build_strategy("a", {"strategy": name, **extra})
-    module = run_arm(strategy, last_phase=2)
+    stream = tiny_stream()
+    model, init_state = pretrained_pair(stream)
+    init_state = {k: v.to(device) for k, v in init_state.items()}
+    module = run_arm(strategy, stream, model.to(device), init_state, last_phase=2, device=device)
     assert module.current_phase == 2
     assert math.isfinite(module.last_loss)
+    assert all(p.device.type == device for p in module.model.parameters())
+    if name in ("cbp", "redo"):
+        assert strategy.replaced > 0
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -193,6 +205,25 @@ def test_reinit_units_redraws_rows_zeroes_columns_and_moments():
         for key in ("exp_avg", "exp_avg_sq"):
             assert (opt.state[p][key][index] == 0).all()
     assert torch.equal(opt.state[w_out]["exp_avg"][:, keep], before_moment[:, keep])
+
+
+def test_activity_capture_sees_only_the_training_forward():
+    stream = tiny_stream()
+    model = tiny_model(stream)
+    capture = ActivityCapture(model.unit_layers())
+    tokens = stream.batch(0).tokens
+    capture.start()
+    model(tokens)
+    seen = capture.activity["block0.mlp"].clone()
+    with torch.no_grad():  # an evaluation pass inside the window is ignored
+        model(stream.batch(5).tokens)
+    capture.stop()
+    model(stream.batch(6).tokens)  # and nothing is recorded once stopped
+    taken = capture.take()
+    assert torch.equal(taken["block0.mlp"], seen)
+    assert seen.shape == (32,) and (seen > 0).all()  # one mean |GELU| per unit of d_ff
+    assert capture.take() == {}  # taken once
+    assert not model.blocks[0].mlp.act._forward_hooks
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -370,8 +401,11 @@ def test_ewc_fisher_matches_brute_force(kind):
     model = build_model(cfg, stream.vocab_size, stream.max_seq_len).double()
     batch = stream.batch(0)
     fisher = fisher_diagonal(model, [batch], kind == "empirical", make_generator(7))
-    with torch.no_grad():
-        targets = fisher_targets(model(batch.tokens), batch, kind == "empirical", make_generator(7))
+    if kind == "empirical":  # the data's next token at each position (the last one is unscored)
+        targets = torch.cat([batch.tokens[:, 1:], batch.tokens[:, :1]], dim=1)
+    else:  # the same draws from the model's predictive
+        with torch.no_grad():
+            targets = fisher_targets(model(batch.tokens), batch, False, make_generator(7))
     expected = brute_force_fisher(model, batch, targets)
     for name in expected:
         assert (fisher[name] >= 0).all()
@@ -450,6 +484,14 @@ def test_si_path_uses_the_task_gradient_only():
     si.on_before_optimizer_step(None, module, None)
     for (n, _), tg in zip(model.named_parameters(), task_grads):
         assert torch.allclose(si._grad[n], tg, atol=1e-6), n
+    # A path that raised the loss (negative ω) adds no importance, rather than negative importance.
+    omega = {n: w.clone() for n, w in si.omega.items()}
+    for n in si.path:
+        si.path[n] = torch.randn(si.path[n].shape, generator=g)
+    si.on_phase_end(module, 1)
+    for n in si.omega:
+        gained = si.omega[n] - omega[n]
+        assert (gained >= 0).all() and (gained > 0).any(), n
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -607,6 +649,38 @@ def test_redo_recycles_dormant_units_every_n_steps():
     run_arm(probe, stream, model, init_state, last_phase=1)
     counts = [s[0] for s in probe.snaps]
     assert counts[0] == counts[1] == 0 and counts[2] >= len(DEAD)
+    assert counts[3] == counts[4] == counts[2]  # nothing happens between recycling steps
     check_recycled(probe.snaps[1], probe.snaps[2])
     # Units that are clearly active keep their outgoing weights.
     assert (probe.snaps[2][3].abs().sum(0) > 0).sum() >= 32 - counts[2]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The worked example of docs/strategies.md, run as written
+
+
+def doc_blocks(lang: str) -> list[str]:
+    text = (ROOT / "docs" / "strategies.md").read_text()
+    return [b.split("```", 1)[0] for b in text.split(f"```{lang}\n")[1:]]
+
+
+def test_the_docs_example_strategy_runs_from_an_import_path(tmp_path, monkeypatch):
+    code = next(b for b in doc_blocks("python") if "class HeadReset" in b)
+    entry = next(yaml.safe_load(b) for b in doc_blocks("yaml") if "HeadReset" in b)
+    (tmp_path / "mypkg").mkdir()
+    (tmp_path / "mypkg" / "__init__.py").write_text("")
+    (tmp_path / "mypkg" / "mymodule.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    strategy = build_strategy("head_reset", entry)
+    assert type(strategy).__name__ == "HeadReset" and strategy.params.scale == 1.0
+    with pytest.raises(ValueError, match="scale=-1"):
+        build_strategy("a", {**entry, "scale": -1})
+
+    stream = tiny_stream()
+    model, init_state = pretrained_pair(stream)
+    before = model.head.weight.detach().clone()
+    run_arm(strategy, stream, model, init_state, last_phase=1)
+    fresh = fresh_state(model, derive_seed(stream.seed, 0, 1))
+    assert not torch.allclose(model.head.weight, before)
+    # One phase-1 start reset, then a few small Adam steps: still near the fresh head.
+    assert (model.head.weight.detach() - fresh["head.weight"]).abs().max() < 0.1
