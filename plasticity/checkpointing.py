@@ -54,11 +54,12 @@ def rng_states() -> dict:
 
 
 def restore_rng_states(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
+    # .cpu(): a checkpoint loaded with map_location=cuda brings the RNG states to the GPU too
+    torch.set_rng_state(state["torch"].cpu())
     np.random.set_state(_numpy_state_from_tensors(state["numpy"]))
     random.setstate(_python_state_from_list(state["python"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 # weights_only=True loading accepts tensors and plain containers only: convert the RNG states.
@@ -67,7 +68,7 @@ def _numpy_state_to_tensors(s) -> list:
 
 
 def _numpy_state_from_tensors(s) -> tuple:
-    return (s[0], s[1].numpy().astype(np.uint32), s[2], s[3], s[4])
+    return (s[0], s[1].cpu().numpy().astype(np.uint32), s[2], s[3], s[4])
 
 
 def _python_state_to_list(s) -> list:

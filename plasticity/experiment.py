@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import sys
 import time
 import warnings
 import zlib
@@ -37,6 +38,7 @@ from plasticity.progress import RunProgress
 from plasticity.rundir import RunDir, atomic_torch_save
 from plasticity.sinks import RunSink, Sinks
 from plasticity.strategies import Strategy, build_strategy
+from plasticity.wandb_sink import default_sinks
 from streams.stream import Stream
 
 PRETRAIN_ARM = "pretrain"
@@ -261,6 +263,11 @@ class Experiment:
             for step in sorted(evaluator.eval_steps):
                 evaluator.replay(rows, step)
             self.eval_seconds += time.perf_counter() - t0
+        elif strategy.external_loop:  # e.g. an Avalanche strategy: its own training loop, our evaluator
+            t0, eval0 = time.perf_counter(), evaluator.seconds
+            diverged = strategy.run_arm(self, arm, model, evaluator, start, end)
+            self.train_seconds += time.perf_counter() - t0 - (evaluator.seconds - eval0)
+            self.eval_seconds += evaluator.seconds - eval0
         else:
             diverged = self._fit(arm, model, start, end, evaluator, cfg.optim.online_lr, "constant", 0, strategy)
         result = self._arm_summary(strategy.name, evaluator)
@@ -308,6 +315,13 @@ class Experiment:
             self.rundir.rewrite_metrics(kept)
 
     def run(self) -> dict:
+        try:
+            return self._run()
+        except BaseException:
+            self.sinks.call("close")  # finish wandb runs even when the run dies; the run dir has the data
+            raise
+
+    def _run(self) -> dict:
         t_start = time.perf_counter()
         cfg = self.cfg
         if self.resume:
@@ -350,9 +364,20 @@ class Experiment:
             },
         }
         self.rundir.write_summary(summary)
+        if cfg.plots:
+            self._plot()
         self.sinks.call("on_summary", summary)
         self.sinks.call("close")
         return summary
+
+    def _plot(self) -> None:
+        try:
+            from plasticity.plots import make_plots  # late: matplotlib only when plotting
+
+            make_plots(self.rundir.path)
+        except Exception as e:  # noqa: BLE001 - figures are a view; the run directory has the data
+            print(f"warning: plots failed ({type(e).__name__}: {e}); redraw with "
+                  "plasticity.plots.make_plots(run_dir)", file=sys.stderr)
 
     def _add_fresh(self, diag: dict[int, float]) -> None:
         n = len(self.stream.phases)
@@ -366,7 +391,7 @@ class Experiment:
 
 def run(cfg: DictConfig, run_dir: Path | str | None = None, sinks: list[RunSink] | None = None) -> dict:
     """Run an experiment end to end; returns the summary (also written to the run directory)."""
-    exp = Experiment(cfg, Path(run_dir) if run_dir else None, sinks)
+    exp = Experiment(cfg, Path(run_dir) if run_dir else None, [*(sinks or []), *default_sinks(cfg)])
     summary = exp.run()
     summary["run_dir"] = str(exp.rundir.path)
     return summary
@@ -387,7 +412,8 @@ def load_run_config(run_dir: Path | str) -> DictConfig:
 
 def resume(run_dir: Path | str, sinks: list[RunSink] | None = None) -> dict:
     """Continue an interrupted run; finished units are kept, the interrupted one continues from its checkpoint."""
-    exp = Experiment(load_run_config(run_dir), Path(run_dir), sinks, resume=True)
+    cfg = load_run_config(run_dir)
+    exp = Experiment(cfg, Path(run_dir), [*(sinks or []), *default_sinks(cfg)], resume=True)
     summary = exp.run()
     summary["run_dir"] = str(exp.rundir.path)
     return summary

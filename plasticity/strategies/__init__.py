@@ -33,6 +33,8 @@ for _cls in (Naive, Frozen, Replay, EWC, SI, LwF, L2Init, ShrinkPerturb, CBP, Re
 def strategy_class(name: str) -> type[Strategy]:
     if name in STRATEGIES:
         return STRATEGIES[name]
+    if name.startswith("avalanche."):  # the Avalanche bridge, imported only when an arm names it
+        return _avalanche_strategy_class(name)
     if ":" in name:
         module_name, _, attr = name.partition(":")
         try:
@@ -49,6 +51,18 @@ def strategy_class(name: str) -> type[Strategy]:
         f"unknown strategy '{name}'; known: {', '.join(known)}, or an import path 'package.module:Class'."
         f"{did_you_mean(name, known)}"
     )
+
+
+def _avalanche_strategy_class(name: str) -> type[Strategy]:
+    try:
+        bridge = importlib.import_module("plasticity.avalanche_bridge")
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] != "avalanche":
+            raise
+        raise ValueError(
+            f"strategy '{name}' needs the avalanche extra: pip install -e '.[avalanche]' -c constraints.txt"
+        ) from None
+    return bridge.avalanche_strategy_class(name)
 
 
 def build_strategy(arm: str, entry: dict[str, Any]) -> Strategy:

@@ -4,11 +4,17 @@ A strategy is built once per arm from its config entry (`{strategy: NAME, ...par
 arm's module and registered with the arm's Trainer, so any Lightning hook (on_after_backward,
 on_train_batch_end, ...) is available too. Parameters are a dataclass `Params`: unknown keys and
 out-of-range values raise ValueError naming the key.
+
+Resume: a checkpoint holds `state_dict()`, and a resumed arm calls `load_state_dict(state)` right after
+`attach` (on_phase_start is not called again), so a strategy whose future depends on anything attach
+does not rebuild identically must return it from state_dict: tensors, numbers, strings, None and
+lists/dicts of them only (checkpoints load with weights_only=True).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -37,9 +43,8 @@ class Strategy(pl.Callback):
                 from streams.base import did_you_mean
 
                 choices = ", ".join(allowed) if allowed else "(none)"
-                raise ValueError(
-                    f"strategy '{self.name}': unknown parameter '{key}'; allowed: {choices}.{did_you_mean(key, allowed)}"
-                )
+                hint = did_you_mean(key, allowed)
+                raise ValueError(f"strategy '{self.name}': unknown parameter '{key}'; allowed: {choices}.{hint}")
         try:
             self.params = self.Params(**params)
         except TypeError as e:
@@ -79,6 +84,51 @@ class Strategy(pl.Callback):
 
     def penalty(self, module: WindTunnelModule, batch: Batch, logits: torch.Tensor) -> torch.Tensor | None:
         return None
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the strategy's future depends on beyond what attach rebuilds (checkpointed)."""
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Called on resume, after attach. The default restores nothing: warn when that looks wrong."""
+        cls = type(self)
+        if cls.state_dict is not Strategy.state_dict or cls.load_state_dict is not Strategy.load_state_dict:
+            return
+        held = [k for k, v in vars(self).items() if k not in _BASE_ATTRIBUTES and _holds_tensors(v)]
+        if held:
+            print(f"warning: strategy '{self.name}' holds tensor state ({', '.join(held)}) but implements no "
+                  "state_dict/load_state_dict: the resumed arm restarts it from attach and may differ from "
+                  "an uninterrupted run", file=sys.stderr, flush=True)
+
+
+_BASE_ATTRIBUTES = {"params", "module", "stream", "init_state", "start_state"}
+
+
+def _holds_tensors(value: Any) -> bool:
+    if isinstance(value, (torch.Tensor, torch.Generator, torch.nn.Module)):
+        return True
+    if isinstance(value, dict):
+        return any(_holds_tensors(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_holds_tensors(v) for v in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):  # e.g. a Batch
+        return any(_holds_tensors(getattr(value, f.name)) for f in dataclasses.fields(value))
+    return False
+
+
+def cpu_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Detached CPU copies, for state_dict (a checkpoint must not alias live tensors)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in tensors.items()}
+
+
+def tensors_to(tensors: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """Copies on `device`, for load_state_dict (the checkpoint may have been mapped elsewhere)."""
+    return {k: v.detach().to(device, copy=True) for k, v in tensors.items()}
+
+
+def set_generator_state(generator: torch.Generator, state: torch.Tensor) -> None:
+    """Restore a CPU generator from `generator.get_state()` (which a CUDA map_location moves to the GPU)."""
+    generator.set_state(state.cpu())
 
 
 def check_param(strategy: str, key: str, value: Any, ok: bool, allowed: str) -> None:

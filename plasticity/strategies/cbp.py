@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from plasticity.strategies.base import Strategy, check_param
+from plasticity.strategies.base import Strategy, check_param, cpu_tensors, set_generator_state, tensors_to
 from plasticity.strategies.units import ActivityCapture, make_generator, optimizer_of, reinit_units
 
 
@@ -55,6 +55,16 @@ class CBP(Strategy):
         self.pending = {u.name: 0.0 for u in self.layers}  # fractional units owed to replacement
         self.replaced = 0
         self.capture = ActivityCapture(self.layers)
+
+    def state_dict(self) -> dict:
+        return {"utility": cpu_tensors(self.utility), "age": cpu_tensors(self.age), "pending": dict(self.pending),
+                "replaced": self.replaced, "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        device = next(self.module.model.parameters()).device
+        self.utility, self.age = tensors_to(state["utility"], device), tensors_to(state["age"], device)
+        self.pending, self.replaced = dict(state["pending"]), state["replaced"]
+        set_generator_state(self.generator, state["generator"])
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.capture.start()

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from plasticity.strategies.base import Strategy, check_param
+from plasticity.strategies.base import Strategy, check_param, cpu_tensors, set_generator_state, tensors_to
 from plasticity.strategies.units import make_generator
 from streams import Batch
 
@@ -92,6 +92,15 @@ class EWC(Strategy):
         self.fisher: dict[str, torch.Tensor] = {}
         self.anchor: dict[str, torch.Tensor] = {}
         self._consolidate(module, 0)  # the pretraining phase, at the weights the arm starts from
+
+    def state_dict(self) -> dict:
+        return {"fisher": cpu_tensors(self.fisher), "anchor": cpu_tensors(self.anchor),
+                "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        device = next(self.module.model.parameters()).device
+        self.fisher, self.anchor = tensors_to(state["fisher"], device), tensors_to(state["anchor"], device)
+        set_generator_state(self.generator, state["generator"])
 
     def phase_batches(self, phase: int, device: torch.device) -> list[Batch]:
         """`fisher_batches` batches at evenly spaced steps of the phase, only that phase's sequences

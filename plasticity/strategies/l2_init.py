@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from plasticity.strategies.base import Strategy, check_param
+from plasticity.strategies.base import Strategy, check_param, cpu_tensors
 
 
 class L2Init(Strategy):
@@ -37,6 +37,14 @@ class L2Init(Strategy):
         if missing:
             raise ValueError(f"strategy '{self.name}': target={self.params.target} has no weights for {missing[0]}")
         self.target = {n: source[n].to(p.device, p.dtype) for n, p in module.model.named_parameters()}
+
+    # attach would rebuild the target, but only if it runs before the checkpoint's weights are loaded
+    # (target: start): stored, so resume does not depend on that order.
+    def state_dict(self) -> dict:
+        return {"target": cpu_tensors(self.target)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.target = {n: state["target"][n].to(p.device, p.dtype) for n, p in self.module.model.named_parameters()}
 
     def penalty(self, module, batch, logits):
         return self.params.lam * sum((p - self.target[n]).pow(2).sum() for n, p in module.model.named_parameters())

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from plasticity.strategies.base import Strategy, check_param
+from plasticity.strategies.base import Strategy, check_param, cpu_tensors
 
 
 def distill_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, mask: torch.Tensor,
@@ -45,8 +45,21 @@ class LwF(Strategy):
         self.teacher = None
 
     def on_phase_start(self, module, phase: int) -> None:
-        self.teacher = copy.deepcopy(module.model).eval()
+        self._snapshot(module.model)
+
+    def _snapshot(self, model) -> None:
+        self.teacher = copy.deepcopy(model).eval()
         self.teacher.requires_grad_(False)
+
+    def state_dict(self) -> dict:
+        return {"teacher": None if self.teacher is None else cpu_tensors(self.teacher.state_dict())}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["teacher"] is None:
+            self.teacher = None
+            return
+        self._snapshot(self.module.model)  # the architecture; its weights are then the saved teacher's
+        self.teacher.load_state_dict(state["teacher"])
 
     def penalty(self, module, batch, logits):
         if self.teacher is None or not batch.scored.any():

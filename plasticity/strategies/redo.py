@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from plasticity.strategies.base import Strategy, check_param
+from plasticity.strategies.base import Strategy, check_param, set_generator_state
 from plasticity.strategies.units import ActivityCapture, make_generator, optimizer_of, reinit_units
 
 
@@ -51,6 +51,13 @@ class ReDo(Strategy):
         self.capture = ActivityCapture(self.layers)
         self.steps = 0
         self.replaced = 0
+
+    def state_dict(self) -> dict:
+        return {"steps": self.steps, "replaced": self.replaced, "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps, self.replaced = state["steps"], state["replaced"]
+        set_generator_state(self.generator, state["generator"])
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if (self.steps + 1) % self.params.every == 0:  # the step that ends a period is the one scored

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from plasticity.strategies.base import Strategy, check_param
+from plasticity.strategies.base import Strategy, check_param, cpu_tensors, set_generator_state, tensors_to
 from plasticity.strategies.units import make_generator
 from streams import Batch
 
@@ -51,6 +51,18 @@ class Replay(Strategy):
         self.buffer: Batch | None = None
         self.seen = 0  # sequences offered to the reservoir so far
         self._fill_from_pretraining()
+
+    def state_dict(self) -> dict:
+        b = self.buffer
+        return {"buffer": cpu_tensors({"tokens": b.tokens, "posterior": b.posterior, "scored": b.scored,
+                                       **b.latent}),
+                "seen": self.seen, "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        buf = tensors_to(state["buffer"], self.device)
+        self.buffer = Batch(buf.pop("tokens"), buf.pop("posterior"), buf.pop("scored"), buf)
+        self.seen = state["seen"]
+        set_generator_state(self.generator, state["generator"])
 
     def _fill_from_pretraining(self) -> None:
         p0, B = self.stream.phases[0], self.stream.batch_size

@@ -42,6 +42,13 @@ class ShrinkPerturb(Strategy):
         self.applied = 0  # how many times the weights were shrunk and perturbed
         self.steps = 0
 
+    # No generator: each fresh init is drawn from a seed derived from `applied`.
+    def state_dict(self) -> dict:
+        return {"applied": self.applied, "steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.applied, self.steps = state["applied"], state["steps"]
+
     @torch.no_grad()
     def apply(self, module) -> None:
         model = module.model

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from plasticity.strategies.base import Strategy, check_param
+from plasticity.strategies.base import Strategy, check_param, cpu_tensors, tensors_to
 
 
 class SI(Strategy):
@@ -51,6 +51,14 @@ class SI(Strategy):
         self.anchor = {n: p.detach().clone() for n, p in params.items()}  # θ*, also the phase's start
         self._grad: dict[str, torch.Tensor] = {}
         self._before: dict[str, torch.Tensor] = {}
+
+    # _grad/_before live within one step only: a checkpoint is written after the step's update.
+    def state_dict(self) -> dict:
+        return {"omega": cpu_tensors(self.omega), "path": cpu_tensors(self.path), "anchor": cpu_tensors(self.anchor)}
+
+    def load_state_dict(self, state: dict) -> None:
+        device = next(self.module.model.parameters()).device
+        self.omega, self.path, self.anchor = (tensors_to(state[k], device) for k in ("omega", "path", "anchor"))
 
     @torch.no_grad()
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:

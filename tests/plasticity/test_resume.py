@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 OVERRIDES = ["stream.phases.0.steps=300", "stream.phases.1.steps=200", "run.checkpoint_every=25",
              "eval.every=20", "arms=[frozen,naive]", "progress=false", "trainer.threads=1"]
@@ -93,3 +94,134 @@ def test_resume_rejects_overrides_and_non_run_dirs(tmp_path, capsys):
     assert "not a run directory" in capsys.readouterr().err
     assert main(["run", "smoke", "seed=1", "--resume", str(tmp_path)]) == 2
     assert "run directory only" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- every strategy, interrupted in process
+# A three-phase stream, so that what a phase end leaves behind (EWC's Fisher, SI's Ω, LwF's teacher) is
+# used after the interruption. Arm steps: phase 1 is [40, 100), phase 2 [100, 160). Each arm is stopped
+# once, after its mechanism has acted: in the middle of phase 2 between checkpoints, or (one SI arm) after
+# phase 1's last step, before its consolidation. The stop writes a checkpoint and raises Preempted, like
+# SIGTERM; the run is resumed until every arm has been stopped and resumed once.
+def _phase(name: str, n_symbols: int, alpha: float, steps: int) -> dict:
+    return {"name": name, "family": "dirichlet", "params": {"n_symbols": n_symbols, "alpha": alpha, "length": 16},
+            "steps": steps}
+
+
+STREAM = {"batch_size": 32, "eval_size": 128,
+          "phases": [_phase("pretrain", 4, 1.0, 40), _phase("new_symbols", 8, 1.0, 60), _phase("third", 6, 0.5, 60)]}
+ARMS = {  # parameters that make each mechanism act within these few steps
+    "replay": {"strategy": "replay", "buffer_size": 64},
+    "ewc": {"strategy": "ewc", "fisher_batches": 2, "lam": 1000.0},
+    "si": {"strategy": "si", "c": 10.0},
+    "si_at_phase_end": {"strategy": "si", "c": 10.0},  # stopped at 100: ω (the path) is consolidated after
+    "lwf": {"strategy": "lwf"},
+    "l2_init": {"strategy": "l2_init", "lam": 0.01, "target": "start"},
+    "shrink_perturb": {"strategy": "shrink_perturb", "every": 7, "shrink": 0.9},
+    "cbp": {"strategy": "cbp", "maturity_threshold": 5, "replacement_rate": 0.05, "decay_rate": 0.9},
+    "redo": {"strategy": "redo", "every": 5, "tau": 0.5},
+    "reset": {"strategy": "reset"},
+}
+STOP_AT = {arm: 130 for arm in ARMS} | {"si_at_phase_end": 100}  # 100: the last step of phase 1
+
+
+def test_every_strategy_except_naive_and_frozen_is_covered():
+    from plasticity.strategies import STRATEGIES
+
+    assert {e["strategy"] for e in ARMS.values()} == set(STRATEGIES) - {"naive", "frozen"}
+
+
+def _config():
+    from plasticity.config import load_config
+
+    return load_config("smoke", ["progress=false", "trainer.threads=1", "eval.every=20", "run.checkpoint_every=20",
+                                 f"stream={json.dumps(STREAM)}", f"arms={json.dumps(ARMS)}"])
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory):
+    """(reference Experiment, its dir, {arm: the Experiment that resumed it}, its dir,
+    {arm: its strategy's state_dict at the stop}, in stop order)."""
+    import plasticity.experiment as ex
+    from plasticity.checkpointing import Checkpointer, Preempted
+
+    reference_dir = tmp_path_factory.mktemp("uninterrupted")
+    reference = ex.Experiment(_config(), reference_dir)
+    reference.run()
+
+    stopped: dict[str, dict] = {}  # arm -> its strategy's state when it was stopped
+
+    class StopAt(Checkpointer):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            arm = self.path.name.removesuffix("-last.pt")
+            if pl_module.stream_step == STOP_AT.get(arm):
+                self.stop.requested = True
+                stopped[arm] = self.strategy.state_dict()
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    path = tmp_path_factory.mktemp("interrupted")
+    resumed_by: dict[str, ex.Experiment] = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ex, "Checkpointer", StopAt)
+        exp = ex.Experiment(_config(), path)
+        for _ in range(len(ARMS) + 1):
+            try:
+                exp.run()
+                break
+            except Preempted:
+                assert not (path / "summary.json").exists()
+                exp = ex.Experiment(ex.load_run_config(path), path, resume=True)
+                resumed_by[list(stopped)[-1]] = exp
+    return reference, reference_dir, resumed_by, path, stopped
+
+
+@pytest.mark.slow
+def test_every_strategy_resumes_bit_identical(interrupted):
+    reference, reference_dir, resumed_by, path, stopped = interrupted
+    assert list(stopped) == list(ARMS)  # each arm was interrupted exactly once, at its step
+    a = json.loads((reference_dir / "summary.json").read_text())["arms"]
+    b = json.loads((path / "summary.json").read_text())["arms"]
+    rows_a, rows_b = _metrics(reference_dir), _metrics(path)
+    differ = [arm for arm in ARMS if a[arm] != b[arm]
+              or [r for r in rows_a if f'"arm": "{arm}"' in r] != [r for r in rows_b if f'"arm": "{arm}"' in r]]
+    assert differ == [], f"resume changed the results of {differ}"
+    assert rows_a == rows_b
+
+
+@pytest.mark.slow
+def test_the_mechanisms_acted_before_the_interruption_and_were_carried_over(interrupted):
+    reference, _, resumed_by, _, at_stop = interrupted
+    assert at_stop["cbp"]["replaced"] > 0 and at_stop["redo"]["replaced"] > 0
+    assert at_stop["shrink_perturb"]["applied"] == (130 - 40) // 7  # arm steps done / every
+    assert any(t.abs().sum() > 0 for t in at_stop["si_at_phase_end"]["path"].values())
+    assert any(t.abs().sum() > 0 for t in at_stop["si"]["omega"].values())
+    assert at_stop["lwf"]["teacher"] is not None
+    ref, res = reference.parts.strategies, {arm: exp.parts.strategies[arm] for arm, exp in resumed_by.items()}
+    for arm, counter in (("cbp", "replaced"), ("redo", "replaced"), ("shrink_perturb", "applied"),
+                         ("replay", "seen")):
+        assert getattr(res[arm], counter) == getattr(ref[arm], counter) > 0, (arm, counter)
+    for arm, attr in (("ewc", "fisher"), ("si", "omega"), ("si_at_phase_end", "omega")):
+        for name, t in getattr(ref[arm], attr).items():
+            assert torch.equal(t, getattr(res[arm], attr)[name]), (arm, attr, name)
+
+
+def test_a_strategy_with_tensor_state_but_no_state_dict_warns_on_resume(capsys):
+    from plasticity.strategies.base import Strategy
+
+    class Forgetful(Strategy):
+        name = "forgetful"
+
+    class Careful(Forgetful):
+        def state_dict(self):
+            return {"memory": self.memory}
+
+        def load_state_dict(self, state):
+            self.memory = state["memory"]
+
+    for cls in (Forgetful, Careful):
+        s = cls()
+        s.memory = {"w": torch.zeros(3)}
+        s.load_state_dict(s.state_dict())
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "'forgetful'" in err[0] and "memory" in err[0]
+    Forgetful().load_state_dict({})  # no tensors: nothing to lose, no warning
+    assert capsys.readouterr().err == ""

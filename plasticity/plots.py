@@ -1,0 +1,572 @@
+"""Figures from a run directory (metrics.jsonl, summary.json, config.yaml), written as PNGs to <run>/plots/.
+
+Everything here reads only the run directory, so a plot can be redrawn for any finished or crashed run.
+Figures are built with `matplotlib.figure.Figure` directly (rendered by the Agg canvas, no pyplot): no
+global figure state, no GUI backend, safe inside a training process and in the wandb sink.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import yaml
+from matplotlib import colors as mcolors
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
+from matplotlib.transforms import blended_transform_factory
+
+from plasticity.rundir import read_jsonl
+
+PRETRAIN, FRESH = "pretrain", "fresh"  # the experiment's shared pretraining and fresh-learner arms
+DPI = 150
+KL_FLOOR = 1e-6  # a log axis cannot show 0 bits
+PROBES = (  # key, panel title, y label
+    ("dormant_frac", "dormant units", "fraction of units"),
+    ("effective_rank", "effective rank of features", "rank"),
+    ("weight_norm", "weight norm", "L2 norm"),
+    ("distance", "distance from reference weights", "L2 distance"),
+    ("grad_norm", "gradient norm", "L2 norm"),
+)
+STYLE = {"font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "legend.fontsize": 8,
+         "xtick.labelsize": 7, "ytick.labelsize": 7, "figure.titlesize": 10}
+
+
+# ------------------------------------------------------------------------------------------- reading
+def load_run(run_dir: Path | str) -> tuple[list[dict], dict, dict]:
+    """(metrics rows, summary or {}, config or {}); a crashed run may lack the summary."""
+    run_dir = Path(run_dir)
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    summary, config = {}, {}
+    if (run_dir / "summary.json").exists():
+        try:
+            summary = json.loads((run_dir / "summary.json").read_text())
+        except json.JSONDecodeError:
+            summary = {}
+    if (run_dir / "config.yaml").exists():
+        config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    return rows, summary, config
+
+
+def phase_names(rows: list[dict], summary: dict | None = None) -> list[str]:
+    if summary and summary.get("phases"):
+        return list(summary["phases"])
+    names: dict[int, str] = {}
+    for r in rows:
+        names.setdefault(r["eval_phase"], r.get("eval_phase_name", str(r["eval_phase"])))
+        names.setdefault(r["phase"], str(r["phase"]))
+    return [names.get(i, str(i)) for i in range(max(names) + 1)] if names else []
+
+
+def phase_ends(rows: list[dict]) -> dict[int, int]:
+    """Phase index -> last stream step of that phase (every phase end is an evaluation step)."""
+    ends: dict[int, int] = {}
+    for r in rows:
+        ends[r["phase"]] = max(ends.get(r["phase"], 0), r["step"])
+    return ends
+
+
+def arm_order(rows: list[dict], summary: dict | None = None) -> list[str]:
+    arms = list(dict.fromkeys(r["arm"] for r in rows))
+    for arm in (summary or {}).get("arms", {}):
+        if arm not in arms:
+            arms.append(arm)
+    return arms
+
+
+def arm_colors(arms: Iterable[str]) -> dict[str, tuple]:
+    palette = [mcolors.to_rgba(c) for c in
+               ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
+                "tab:olive", "tab:cyan")]
+    out, k = {}, 0
+    for arm in arms:
+        if arm == PRETRAIN:
+            out[arm] = mcolors.to_rgba("0.15")
+        elif arm == FRESH:
+            out[arm] = mcolors.to_rgba("0.55")
+        else:
+            out[arm] = palette[k % len(palette)]
+            k += 1
+    return out
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def kl_curves(rows: list[dict]) -> dict[str, dict[int, list[tuple[int, float]]]]:
+    """arm -> eval phase -> [(step, kl_bits)], sorted; each arm forked from pretraining starts at the fork
+    point (the last pretraining evaluation) so its curve is continuous."""
+    curves: dict[str, dict[int, list[tuple[int, float]]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if _finite(r.get("kl_bits")):
+            curves[r["arm"]][r["eval_phase"]].append((r["step"], r["kl_bits"]))
+    pre = curves.get(PRETRAIN, {})
+    for arm, by_phase in curves.items():
+        for j, pts in by_phase.items():
+            pts.sort()
+            if arm not in (PRETRAIN, FRESH) and pre.get(j):
+                fork = max(s for s, _ in pre[j])
+                if pts[0][0] > fork:
+                    pts.insert(0, max(pre[j]))
+    return {a: dict(v) for a, v in curves.items()}
+
+
+# ------------------------------------------------------------------------------------------- drawing
+def _grid(n: int, ncols_max: int = 3, w: float = 3.0, h: float = 2.4, extra_h: float = 0.7,
+          sharey: bool = False) -> tuple[Figure, list]:
+    ncols = min(max(n, 1), ncols_max)
+    nrows = math.ceil(max(n, 1) / ncols)
+    fig = Figure(figsize=(w * ncols + 0.6, h * nrows + extra_h), dpi=DPI, layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=sharey).ravel().tolist()
+    for ax in axes[n:]:
+        ax.set_axis_off()
+    return fig, axes
+
+
+def _mark_phases(ax, ends: dict[int, int], names: list[str], label: bool = True) -> None:
+    """Dotted vertical lines at phase boundaries and the phase names along the top of the panel."""
+    trans = blended_transform_factory(ax.transData, ax.transAxes)
+    start = 0
+    for i in sorted(ends):
+        end = ends[i]
+        if i > 0:
+            ax.axvline(start, color="0.4", lw=0.7, ls=":", zorder=1)
+        if label and end > start:
+            name = names[i] if i < len(names) else str(i)
+            ax.text((start + end) / 2, 0.98, name, transform=trans, ha="center", va="top", fontsize=6,
+                    color="0.35", clip_on=True)
+        start = end
+
+
+def _shade_phase(ax, i: int, ends: dict[int, int]) -> None:
+    """Shade the stream segment during which phase i is trained (its own data)."""
+    if i in ends:
+        start = ends.get(i - 1, 0) if i > 0 else 0
+        ax.axvspan(start, ends[i], color="0.5", alpha=0.08, lw=0, zorder=0)
+
+
+def _fig_legend(fig: Figure, handles_labels: dict[str, object], ncol_max: int = 7) -> None:
+    if handles_labels:
+        fig.legend(list(handles_labels.values()), list(handles_labels.keys()), loc="outside lower center",
+                   ncol=min(len(handles_labels), ncol_max), frameon=False)
+
+
+def _arm_label(arm: str) -> str:
+    return {PRETRAIN: "pretraining (shared)", FRESH: "fresh learner per phase"}.get(arm, arm)
+
+
+def kl_figure(rows: list[dict], summary: dict | None = None, title: str | None = None) -> Figure:
+    """(a) KL to the exact posterior over the stream, one panel per eval phase, one line per arm."""
+    names = phase_names(rows, summary)
+    ends = phase_ends(rows)
+    curves = kl_curves(rows)
+    arms = [a for a in arm_order(rows, summary) if a in curves]
+    colors = arm_colors(arms)
+    n = len(names)
+    with matplotlib.rc_context(STYLE):
+        fig, axes = _grid(n, sharey=True)
+        handles: dict[str, object] = {}
+        for j, ax in enumerate(axes[:n]):
+            _shade_phase(ax, j, ends)
+            for arm in arms:
+                pts = [(s, max(k, KL_FLOOR)) for s, k in curves[arm].get(j, [])]
+                if not pts:
+                    continue
+                s, k = zip(*pts)
+                (line,) = ax.plot(s, k, color=colors[arm], lw=1.8 if arm == PRETRAIN else 1.3,
+                                  ls="--" if arm == FRESH else "-", marker="o", ms=2.0, label=_arm_label(arm),
+                                  zorder=3 if arm == PRETRAIN else 2)
+                handles.setdefault(_arm_label(arm), line)
+            ax.set_yscale("log")
+            _mark_phases(ax, ends, names)
+            ax.set_title(f"evaluated on phase {j}: {names[j]}")
+            ax.set_xlabel("stream step")
+            ax.grid(True, which="major", alpha=0.25)
+            ax.margins(y=0.18)
+        for ax in axes[:n]:
+            if ax.get_subplotspec().is_first_col():
+                ax.set_ylabel("KL(posterior ‖ model) (bits/token)")
+        fig.suptitle(title or f"{(summary or {}).get('name', 'run')}: KL to the exact posterior "
+                     "(shaded: that phase is being trained)")
+        _fig_legend(fig, handles)
+    return fig
+
+
+def _as_matrix(R) -> tuple[np.ndarray, list[int]]:
+    """R as a list of rows or a {phase index: row} dict (rows recorded so far) -> (matrix, row indices)."""
+    if isinstance(R, dict):
+        idx = sorted(int(i) for i in R)
+        rows = [R[i] if i in R else R[str(i)] for i in idx]
+    else:
+        rows, idx = list(R), list(range(len(R)))
+    width = max((len(r) for r in rows), default=0)
+    M = np.full((len(rows), width), np.nan)
+    for a, r in enumerate(rows):
+        M[a, : len(r)] = [v if _finite(v) else np.nan for v in r]
+    return M, idx
+
+
+def _r_norm(values: np.ndarray):
+    v = values[np.isfinite(values)]
+    if v.size and v.min() > 0 and v.max() / v.min() > 20:
+        return mcolors.LogNorm(vmin=v.min(), vmax=v.max())
+    return mcolors.Normalize(vmin=0.0, vmax=float(v.max()) if v.size and v.max() > 0 else 1.0)
+
+
+def _draw_r(ax, R, phases: list[str], norm, cmap: str = "magma_r"):
+    M, idx = _as_matrix(R)
+    im = ax.imshow(np.ma.masked_invalid(M), cmap=cmap, norm=norm, aspect="auto")
+    cm = im.get_cmap()
+    for a in range(M.shape[0]):
+        for b in range(M.shape[1]):
+            if np.isfinite(M[a, b]):
+                r, g, bl, _ = cm(norm(M[a, b]))
+                dark = 0.299 * r + 0.587 * g + 0.114 * bl < 0.5
+                ax.text(b, a, f"{M[a, b]:.3g}", ha="center", va="center", fontsize=7,
+                        color="white" if dark else "black")
+    name = lambda i: phases[i] if i < len(phases) else str(i)  # noqa: E731
+    ax.set_xticks(range(M.shape[1]), [name(j) for j in range(M.shape[1])], rotation=30, ha="right")
+    ax.set_yticks(range(M.shape[0]), [f"end of {name(i)}" for i in idx])
+    ax.set_xlabel("evaluated on phase")
+    return im
+
+
+def _plain_ticks(cbar) -> None:
+    """0.3 rather than 3×10⁻¹ on a log colorbar."""
+    fmt = FuncFormatter(lambda v, _: f"{v:.2g}")
+    cbar.ax.yaxis.set_major_formatter(fmt)
+    cbar.ax.yaxis.set_minor_formatter(fmt)
+
+
+def r_matrix_figure(R, phases: list[str], title: str = "R matrix") -> Figure:
+    """Heatmap of R[i][j] = KL (bits) on phase j's eval bank at the end of phase i, values annotated.
+    R: list of rows, or the {phase index: row} dict of rows recorded so far."""
+    M, _ = _as_matrix(R)
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(1.0 + 1.0 * max(M.shape[1], 2), 1.2 + 0.55 * max(M.shape[0], 2)), dpi=DPI,
+                     layout="constrained")
+        ax = fig.subplots()
+        im = _draw_r(ax, R, phases, _r_norm(M))
+        _plain_ticks(fig.colorbar(im, ax=ax, label="KL (bits)"))
+        ax.set_title(title)
+    return fig
+
+
+def r_matrices_figure(summary: dict, rows: list[dict]) -> Figure | None:
+    """(b) One R heatmap per arm on a shared color scale."""
+    names = phase_names(rows, summary)
+    mats = {arm: res["R_kl_bits"] for arm, res in summary.get("arms", {}).items()
+            if isinstance(res, dict) and res.get("R_kl_bits")} or r_from_rows(rows)
+    if not mats:
+        return None
+    allv = np.concatenate([_as_matrix(R)[0].ravel() for R in mats.values()])
+    norm = _r_norm(allv)
+    n = len(mats)
+    side = 0.75 * max(len(names), 2)
+    with matplotlib.rc_context(STYLE):
+        fig, axes = _grid(n, ncols_max=3, w=side + 1.4, h=side * 0.8 + 0.9, extra_h=0.4)
+        im = None
+        for ax, (arm, R) in zip(axes, mats.items()):
+            im = _draw_r(ax, R, names, norm)
+            ax.set_title(arm)
+        _plain_ticks(fig.colorbar(im, ax=axes[:n], label="KL (bits)", shrink=0.9))
+        fig.suptitle("R matrix: KL on phase j (columns) at the end of phase i (rows)")
+    return fig
+
+
+def r_from_rows(rows: list[dict]) -> dict[str, dict[int, list[float]]]:
+    """R rows from the phase-end evaluations, for a run without summary.json; arms inherit row 0 from
+    pretraining."""
+    ends = phase_ends(rows)
+    end_steps = {s: i for i, s in ends.items()}
+    out: dict[str, dict[int, list[float]]] = defaultdict(dict)
+    for r in sorted(rows, key=lambda r: (r["arm"], r["step"], r["eval_phase"])):
+        i = end_steps.get(r["step"])
+        if i is not None and r["phase"] == i and r["arm"] != FRESH:
+            out[r["arm"]].setdefault(i, []).append(r["kl_bits"] if _finite(r["kl_bits"]) else float("nan"))
+    pre = out.get(PRETRAIN, {})
+    for arm, R in out.items():
+        if arm != PRETRAIN and 0 in pre:
+            R.setdefault(0, pre[0])
+    if len(out) > 1:
+        out.pop(PRETRAIN, None)
+    return {a: dict(sorted(R.items())) for a, R in out.items()}
+
+
+def final_rows(rows: list[dict]) -> dict[str, dict]:
+    """arm -> its last evaluation on the phase it was training then (pretraining only when it is the
+    sole arm, i.e. a single-phase run)."""
+    last: dict[str, dict] = {}
+    for r in rows:
+        if r["eval_phase"] == r["phase"] and (r["arm"] not in last or r["step"] >= last[r["arm"]]["step"]):
+            last[r["arm"]] = r
+    if len(last) > 1:
+        last.pop(PRETRAIN, None)
+    return last
+
+
+def calibration_figure(entries: dict[str, dict], phases: list[str] | None = None) -> Figure | None:
+    """(c) The paper's calibration plot: model vs exact-posterior entropy (bits) by position, one panel per
+    arm. Without the entropy fields (older runs) it falls back to the KL by position."""
+    entries = {a: r for a, r in entries.items() if r.get("kl_bits_by_position") or
+               r.get("model_entropy_bits_by_position")}
+    if not entries:
+        return None
+    colors = arm_colors(entries)
+    has_h = all(r.get("model_entropy_bits_by_position") and r.get("posterior_entropy_bits_by_position")
+                for r in entries.values())
+    nan = lambda xs: np.array([x if _finite(x) else np.nan for x in xs], dtype=float)  # noqa: E731
+    with matplotlib.rc_context(STYLE):
+        same_phase = len({r["eval_phase"] for r in entries.values()}) == 1
+        fig, axes = _grid(len(entries), ncols_max=4, w=2.6, h=2.3, extra_h=0.6, sharey=same_phase)
+        handles: dict[str, object] = {}
+        for ax, (arm, r) in zip(axes, entries.items()):
+            name = (phases[r["eval_phase"]] if phases and r["eval_phase"] < len(phases)
+                    else r.get("eval_phase_name", r["eval_phase"]))
+            if has_h:
+                hq, hp = nan(r["model_entropy_bits_by_position"]), nan(r["posterior_entropy_bits_by_position"])
+                pos = np.arange(len(hq))
+                (lp,) = ax.plot(pos, hp, color="black", ls="--", lw=1.4, label="exact posterior H(p*)")
+                (lq,) = ax.plot(pos, hq, color=colors[arm], lw=1.4, marker="o", ms=2.0)
+                handles.setdefault("exact posterior H(p*)", lp)
+                handles[f"model H(q): {arm}"] = lq
+                if ax.get_subplotspec().is_first_col() or not same_phase:
+                    ax.set_ylabel("predictive entropy (bits)")
+            else:
+                kl = nan(r["kl_bits_by_position"])
+                (lq,) = ax.plot(np.arange(len(kl)), np.maximum(kl, KL_FLOOR), color=colors[arm], lw=1.4,
+                                marker="o", ms=2.0)
+                ax.set_yscale("log")
+                handles[f"KL(p* ‖ q) by position: {arm}"] = lq
+                ax.set_ylabel("KL (bits)")
+            ax.set_xlabel("position in sequence")
+            ax.set_title(f"{arm} on {name}\nstep {r['step']}, KL {r.get('kl_bits', float('nan')):.3g} bits")
+            ax.grid(True, alpha=0.25)
+        fig.suptitle("calibration at the end of the stream: entropy by position" if has_h else
+                     "KL to the posterior by position (entropies not recorded in this run)")
+        _fig_legend(fig, handles)
+    return fig
+
+
+def probe_series(rows: list[dict]) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """arm -> probe -> [(step, value)]; probes are per evaluation, so one value per (arm, step)."""
+    out: dict[str, dict[str, list[tuple[int, float]]]] = defaultdict(lambda: defaultdict(list))
+    seen = set()
+    for r in sorted(rows, key=lambda r: (r["step"], r["eval_phase"])):
+        if (r["arm"], r["step"]) in seen:
+            continue
+        seen.add((r["arm"], r["step"]))
+        for key, *_ in PROBES:
+            value = r.get(key)
+            if key == "distance":
+                value = next((v for k, v in r.items() if k.startswith("distance_from_")), None)
+            if _finite(value):
+                out[r["arm"]][key].append((r["step"], value))
+    pre = out.get(PRETRAIN, {})
+    for arm, by_key in out.items():  # arms fork from the last pretraining evaluation: draw from there
+        if arm in (PRETRAIN, FRESH):
+            continue
+        for key, pts in by_key.items():
+            if not pre.get(key) or pts[0][0] <= pre[key][-1][0]:
+                continue
+            if key in ("dormant_frac", "effective_rank", "weight_norm"):
+                pts.insert(0, pre[key][-1])
+            elif key == "distance":
+                pts.insert(0, (pre[key][-1][0], 0.0))  # the distance from the pretrained weights starts at 0
+    return {a: dict(v) for a, v in out.items()}
+
+
+def probes_figure(rows: list[dict], summary: dict | None = None) -> Figure | None:
+    """(d) Probes over the stream, one panel per probe, one line per arm."""
+    series = probe_series(rows)
+    keys = [p for p in PROBES if any(p[0] in s for s in series.values())]
+    if not keys:
+        return None
+    names, ends = phase_names(rows, summary), phase_ends(rows)
+    arms = [a for a in arm_order(rows, summary) if a in series]
+    colors = arm_colors(arms)
+    with matplotlib.rc_context(STYLE):
+        fig, axes = _grid(len(keys), ncols_max=3, w=2.9, h=2.2)
+        handles: dict[str, object] = {}
+        for ax, (key, title, ylabel) in zip(axes, keys):
+            for arm in arms:
+                pts = series[arm].get(key)
+                if pts:
+                    s, v = zip(*pts)
+                    (line,) = ax.plot(s, v, color=colors[arm], lw=1.3, marker="o", ms=1.8,
+                                      ls="--" if arm == FRESH else "-")
+                    handles.setdefault(_arm_label(arm), line)
+            _mark_phases(ax, ends, names)
+            ax.set_title(title if key != "distance" else "distance from reference\n"
+                         "(init for pretraining, pretrained weights for arms)")
+            ax.set_xlabel("stream step")
+            ax.set_ylabel(ylabel)
+            ax.grid(True, alpha=0.25)
+            ax.margins(y=0.15)
+            if key == "dormant_frac":
+                ax.set_ylim(-0.02, max(0.1, ax.get_ylim()[1]))
+        fig.suptitle("probes over the stream")
+        _fig_legend(fig, handles)
+    return fig
+
+
+# ------------------------------------------------------------------------------------------- files
+def save(fig: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight", facecolor="white")
+    return path
+
+
+def make_plots(run_dir: Path | str) -> list[Path]:
+    """All run-level figures as PNGs under <run_dir>/plots/; returns the paths written."""
+    run_dir = Path(run_dir)
+    rows, summary, _ = load_run(run_dir)
+    if not rows:
+        return []
+    out, names = run_dir / "plots", phase_names(rows, summary)
+    figures = {
+        "kl_curves.png": kl_figure(rows, summary),
+        "r_matrix.png": r_matrices_figure(summary, rows),
+        "calibration.png": calibration_figure(final_rows(rows), names),
+        "probes.png": probes_figure(rows, summary),
+    }
+    return [save(fig, out / name) for name, fig in figures.items() if fig is not None]
+
+
+# ------------------------------------------------------------------------------------------- sweeps
+NOT_A_SETTING = ("seed", "run", "git_commit", "progress", "plots", "logger", "trainer", "description")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, str]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = json.dumps(v, sort_keys=True)
+    return out
+
+
+def _setting(config: dict) -> dict[str, str]:
+    """The config minus what does not change the experiment (the seed, paths, logging, hardware)."""
+    return _flatten({k: v for k, v in config.items() if k not in NOT_A_SETTING})
+
+
+def _mean_std_curves(runs: list[list[dict]]) -> dict[str, dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, int]]]:
+    """arm -> eval phase -> (steps, mean, std, n seeds) over the seeds' KL curves, step by step."""
+    per: dict[str, dict[int, dict[int, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    nseeds: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
+    for rows in runs:
+        for arm, by_phase in kl_curves(rows).items():
+            for j, pts in by_phase.items():
+                nseeds[arm][j] += 1
+                for s, k in pts:
+                    per[arm][j][s].append(k)
+    out: dict[str, dict[int, tuple]] = {}
+    for arm, by_phase in per.items():
+        out[arm] = {}
+        for j, by_step in by_phase.items():
+            steps = np.array(sorted(by_step))
+            vals = [np.array(by_step[s]) for s in steps]
+            out[arm][j] = (steps, np.array([v.mean() for v in vals]), np.array([v.std() for v in vals]),
+                           nseeds[arm][j])
+    return out
+
+
+def sweep_kl_figure(runs: list[tuple[list[dict], dict]], title: str) -> Figure:
+    """KL curves, mean ± std across the seeds of one setting: one panel per eval phase, one band per arm."""
+    rows0, summary0 = runs[0]
+    names, ends = phase_names(rows0, summary0), phase_ends(rows0)
+    stats = _mean_std_curves([rows for rows, _ in runs])
+    arms = [a for a in arm_order(rows0, summary0) if a in stats]
+    colors = arm_colors(arms)
+    with matplotlib.rc_context(STYLE):
+        fig, axes = _grid(len(names))
+        handles: dict[str, object] = {}
+        for j, ax in enumerate(axes[: len(names)]):
+            _shade_phase(ax, j, ends)
+            for arm in arms:
+                if j not in stats[arm]:
+                    continue
+                steps, mean, std, n = stats[arm][j]
+                (line,) = ax.plot(steps, np.maximum(mean, KL_FLOOR), color=colors[arm], lw=1.4,
+                                  ls="--" if arm == FRESH else "-")
+                ax.fill_between(steps, np.maximum(mean - std, KL_FLOOR), np.maximum(mean + std, KL_FLOOR),
+                                color=colors[arm], alpha=0.2, lw=0)
+                handles.setdefault(f"{_arm_label(arm)} (n={n})", line)
+            ax.set_yscale("log")
+            _mark_phases(ax, ends, names)
+            ax.set_title(f"evaluated on phase {j}: {names[j]}")
+            ax.set_xlabel("stream step")
+            if ax.get_subplotspec().is_first_col():
+                ax.set_ylabel("KL (bits/token), mean ± std")
+            ax.grid(True, alpha=0.25)
+            ax.margins(y=0.18)
+        fig.suptitle(title)
+        _fig_legend(fig, handles)
+    return fig
+
+
+def sweep_final_figure(groups: list[tuple[str, list[dict]]]) -> Figure:
+    """Final mean KL over all phases (summary final_kl_bits) per arm and setting, mean ± std over seeds."""
+    arms = list(dict.fromkeys(a for _, sums in groups for s in sums for a, r in s.get("arms", {}).items()
+                              if isinstance(r, dict) and _finite(r.get("final_kl_bits"))))
+    colors = arm_colors(arms)
+    width = 0.8 / max(len(arms), 1)
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(max(4.0, 1.2 + 1.1 * len(groups) * max(len(arms), 1) * 0.5), 3.2), dpi=DPI,
+                     layout="constrained")
+        ax = fig.subplots()
+        for a, arm in enumerate(arms):
+            for g, (_, sums) in enumerate(groups):
+                v = np.array([s["arms"][arm]["final_kl_bits"] for s in sums
+                              if _finite(s.get("arms", {}).get(arm, {}).get("final_kl_bits"))])
+                if v.size:
+                    x = g + (a - (len(arms) - 1) / 2) * width
+                    ax.bar(x, v.mean(), width, yerr=v.std() if v.size > 1 else None, color=colors[arm],
+                           label=arm if g == 0 else None, capsize=2)
+                    ax.plot(np.full(v.size, x), v, "k.", ms=2.5)
+        ax.set_xticks(range(len(groups)), [label for label, _ in groups], rotation=15, ha="right")
+        ax.set_ylabel("final KL, mean over phases (bits)")
+        ax.set_title("end of stream: KL to the posterior, mean ± std over seeds (dots: seeds)")
+        ax.legend(frameon=False)
+        ax.grid(True, axis="y", alpha=0.25)
+    return fig
+
+
+def plot_sweep(runs: list[Path | str], out_dir: Path | str) -> list[Path]:
+    """Seeds of one setting (the config minus seed, paths and logging) are pooled: KL curves mean ± std per
+    setting (sweep_kl_<k>.png) and the final KL per arm and setting (sweep_final_kl.png)."""
+    out_dir = Path(out_dir)
+    groups: dict[str, list[tuple[list[dict], dict, dict]]] = {}
+    for run in runs:
+        rows, summary, config = load_run(run)
+        if rows:
+            groups.setdefault(json.dumps(_setting(config), sort_keys=True), []).append((rows, summary, config))
+    if not groups:
+        return []
+    settings = [_setting(members[0][2]) for members in groups.values()]
+    varying = sorted(k for k in set().union(*settings) if len({s.get(k) for s in settings}) > 1)
+    paths = []
+    labelled = []
+    for k, members in enumerate(groups.values()):
+        config = members[0][2]
+        label = ", ".join(f"{key}={_setting(config).get(key, 'unset')}" for key in varying) or str(
+            config.get("name", "run"))
+        label = label if len(label) <= 70 else label[:67] + "..."
+        seeds = sorted({m[2].get("seed") for m in members}, key=str)
+        fig = sweep_kl_figure([(rows, summary) for rows, summary, _ in members],
+                              f"{config.get('name', 'sweep')} [{label}]: KL to the posterior, "
+                              f"mean ± std over {len(members)} runs (seeds {', '.join(map(str, seeds))})")
+        paths.append(save(fig, out_dir / f"sweep_kl_{k}.png"))
+        labelled.append((label, [summary for _, summary, _ in members]))
+    if any(s for _, sums in labelled for s in sums):
+        paths.append(save(sweep_final_figure(labelled), out_dir / "sweep_final_kl.png"))
+    return paths

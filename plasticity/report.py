@@ -1,0 +1,330 @@
+"""`plasticity report DIR...`: one table across runs and sweeps, from run directories alone (offline).
+
+Each DIR is a run directory, a sweep's --out folder or any folder of runs; run directories are found
+recursively (a folder with summary.json, or config.yaml without one: incomplete). Rows are (experiment,
+setting, arm), where the setting is the config minus the seed and what does not change the experiment
+(paths, logging, hardware; the same rule as plasticity.plots), labelled by the keys that vary across the
+runs of that experiment and arm. Columns are mean ± std over the runs (seeds) of a row, std the sample
+standard deviation (n − 1; blank for n = 1):
+
+    final_kl_bits    mean KL over all phases at the end of the stream (summary's final_kl_bits)
+    bwt_bits         backward transfer, mean over j < last of R[last][j] − R[j][j] (+ = worse)
+    forgetting_bits  mean over j < last of R[last][j] − min_{i>=j} R[i][j]
+    auc_kl_bits      mean over the phases after pretraining of the time-averaged KL while training on it
+    plasticity_gap_bits  mean over phases of R[i][i] − fresh learner's R[i][i] (runs with fresh=true)
+
+Failed trials come from each sweep's sweep_index.json; runs without summary.json are listed as incomplete.
+The table is printed (Rich) and written as report.md and report.csv (`--out`, default the first DIR).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from plasticity.config import ConfigError
+
+INDEX_NAME = "sweep_index.json"
+NOT_A_SETTING = ("seed", "run", "git_commit", "progress", "plots", "logger", "trainer", "description", "arms")
+METRICS = ("final_kl_bits", "bwt_bits", "forgetting_bits", "auc_kl_bits", "plasticity_gap_bits")
+ALWAYS = METRICS[:4]  # plasticity_gap_bits only when some run has it
+SKIP_ARMS = ("fresh",)  # the fresh-learner yardstick has no R matrix of its own
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict
+    summary: dict | None
+    problem: str | None = None  # why the summary is missing or unreadable
+
+    @property
+    def experiment(self) -> str:
+        return str(self.config.get("name") or (self.summary or {}).get("name") or self.path.name)
+
+
+@dataclass
+class Row:
+    experiment: str
+    arm: str
+    setting: dict[str, str]
+    label: str = ""
+    values: dict[str, list[float]] = field(default_factory=dict)
+    runs: list[str] = field(default_factory=list)
+
+    def stat(self, metric: str) -> tuple[float | None, float | None, int]:
+        vals = self.values.get(metric, [])
+        if not vals:
+            return None, None, 0
+        return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else None, len(vals)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Finding runs
+
+
+def _is_run(path: Path) -> bool:
+    return (path / "summary.json").is_file() or (path / "config.yaml").is_file()
+
+
+def find(dirs: list[str | Path]) -> tuple[list[Path], list[Path]]:
+    """(run directories, sweep index files) under the given folders, each once, in a stable order."""
+    runs: dict[Path, None] = {}
+    indexes: dict[Path, None] = {}
+    for d in dirs:
+        d = Path(d)
+        if not d.is_dir():
+            raise ConfigError(f"report: {d}: no such directory")
+        if _is_run(d):
+            runs[d.resolve()] = None
+            continue
+        for root, subdirs, files in os.walk(d):
+            root_path = Path(root)
+            subdirs.sort()
+            if INDEX_NAME in files:
+                indexes[(root_path / INDEX_NAME).resolve()] = None
+            if root_path != d and _is_run(root_path):
+                runs[root_path.resolve()] = None
+                subdirs[:] = []  # checkpoints/, plots/, wandb/ hold no runs
+    return list(runs), list(indexes)
+
+
+def load(path: Path) -> Run:
+    try:
+        config = yaml.safe_load((path / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        config = {}
+    summary_path = path / "summary.json"
+    if not summary_path.is_file():
+        return Run(path, config, None, "no summary.json (running, interrupted or failed)")
+    try:
+        return Run(path, config, json.loads(summary_path.read_text()))
+    except (OSError, json.JSONDecodeError) as e:
+        return Run(path, config, None, f"unreadable summary.json ({type(e).__name__})")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Metrics and rows
+
+
+def _num(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _mean(values: list) -> float | None:
+    vals = [v for v in values if _num(v)]
+    return statistics.fmean(vals) if vals else None
+
+
+def arm_metrics(res: dict) -> dict[str, float | None]:
+    R = res.get("R_kl_bits") or []
+    last = len(R) - 1
+    forgetting = res.get("forgetting_bits") or []
+    auc = res.get("auc_kl") or []
+    return {
+        "final_kl_bits": res.get("final_kl_bits") if _num(res.get("final_kl_bits")) else None,
+        "bwt_bits": res.get("bwt_bits") if _num(res.get("bwt_bits")) and last > 0 else None,
+        "forgetting_bits": _mean(forgetting[:last]) if last > 0 else None,
+        "auc_kl_bits": _mean(auc[1:] if len(auc) > 1 else auc),
+        "plasticity_gap_bits": _mean(res.get("plasticity_gap_bits") or []),
+    }
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, str]:
+    if isinstance(d, dict) and d:
+        out: dict[str, str] = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): json.dumps(d, sort_keys=True)}
+
+
+def setting(config: dict, arm: str) -> dict[str, str]:
+    """The config that defines a row: no seed, paths or logging; of the arms only this arm's entry."""
+    keep = {k: v for k, v in config.items() if k not in NOT_A_SETTING}
+    arms = config.get("arms")
+    if isinstance(arms, dict) and isinstance(arms.get(arm), dict):
+        keep["arm"] = arms[arm]
+    return _flatten(keep)
+
+
+def build_rows(runs: list[Run]) -> list[Row]:
+    rows: dict[tuple, Row] = {}
+    for run in runs:
+        if run.summary is None:
+            continue
+        for arm, res in (run.summary.get("arms") or {}).items():
+            if arm in SKIP_ARMS or not isinstance(res, dict) or "R_kl_bits" not in res:
+                continue
+            s = setting(run.config, arm)
+            key = (run.experiment, arm, json.dumps(s, sort_keys=True))
+            row = rows.setdefault(key, Row(run.experiment, arm, s))
+            row.runs.append(str(run.path))
+            for metric, value in arm_metrics(res).items():
+                if value is not None:
+                    row.values.setdefault(metric, []).append(float(value))
+    out = list(rows.values())
+    for row in out:  # the label: the keys that vary among the rows of the same experiment and arm
+        peers = [r.setting for r in out if (r.experiment, r.arm) == (row.experiment, row.arm)]
+        varying = [k for k in dict.fromkeys(k for p in peers for k in p) if len({p.get(k) for p in peers}) > 1]
+        label = ", ".join(f"{k}={_short(row.setting.get(k, 'unset'))}" for k in varying)
+        row.label = label or "-"
+    out.sort(key=lambda r: (r.experiment, r.label))
+    return out
+
+
+def _short(text: str) -> str:
+    try:
+        value = json.loads(text)
+    except (TypeError, json.JSONDecodeError):
+        return text
+    return text if not isinstance(value, (str, int, float)) else str(value)
+
+
+def failed_trials(indexes: list[Path]) -> list[dict]:
+    out = []
+    for path in indexes:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        for t in data.get("trials") or []:
+            if isinstance(t, dict) and t.get("status") == "failed":
+                out.append({**t, "index": str(path)})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Output
+
+
+def _cell(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return "-"
+    return f"{mean:.4f} ± {std:.4f}" if std is not None else f"{mean:.4f}"
+
+
+def columns(rows: list[Row]) -> list[str]:
+    return [m for m in METRICS if m in ALWAYS or any(m in r.values for r in rows)]
+
+
+def markdown(rows: list[Row], metrics: list[str], failed: list[dict], incomplete: list[Run], plots: list[str]) -> str:
+    lines = ["# plasticity report", "",
+             "Mean ± sample std over the runs (seeds) of each row; n = runs. KL in bits per scored token; "
+             "+ = worse for BWT, forgetting and the plasticity gap.", ""]
+    lines.append("| experiment | setting | arm | n | " + " | ".join(metrics) + " |")
+    lines.append("|---|---|---|---:|" + "---:|" * len(metrics))
+    for r in rows:
+        cells = [_cell(*r.stat(m)[:2]) for m in metrics]
+        lines.append(f"| {r.experiment} | {r.label} | {r.arm} | {len(r.runs)} | " + " | ".join(cells) + " |")
+    if failed:
+        lines += ["", "## Failed trials", ""]
+        for t in failed:
+            err = t.get("error") or {}
+            lines.append(f"- `{t.get('name')}` ({_overrides(t)}): {err.get('type')}: {err.get('message')} "
+                         f"— log `{t.get('log')}`")
+    if incomplete:
+        lines += ["", "## Incomplete runs", ""]
+        lines += [f"- `{run.path}`: {run.problem}" for run in incomplete]
+    if plots:
+        lines += ["", "## Figures", ""] + [f"![{Path(p).stem}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def _overrides(trial: dict) -> str:
+    o = trial.get("overrides") or {}
+    return " ".join(f"{k}={v}" for k, v in o.items()) if isinstance(o, dict) else str(o)
+
+
+def csv_text(rows: list[Row], metrics: list[str]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["experiment", "setting", "arm", "n", *(f"{m}_{s}" for m in metrics for s in ("mean", "std")),
+                     "runs"])
+    for r in rows:
+        stats = []
+        for m in metrics:
+            mean, std, _ = r.stat(m)
+            stats += ["" if mean is None else repr(mean), "" if std is None else repr(std)]
+        writer.writerow([r.experiment, r.label, r.arm, len(r.runs), *stats, ";".join(r.runs)])
+    return buf.getvalue()
+
+
+def print_table(rows: list[Row], metrics: list[str], failed: list[dict], incomplete: list[Run]) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = Console(width=None if sys.stdout.isatty() else 250)
+    table = Table(title="KL to the exact posterior (bits), mean ± std over seeds")
+    for name, justify in (("experiment", "left"), ("setting", "left"), ("arm", "left"), ("n", "right")):
+        table.add_column(name, justify=justify)
+    for m in metrics:
+        table.add_column(m, justify="right")
+    for r in rows:
+        cells = [r.experiment, r.label, r.arm, str(len(r.runs)), *(_cell(*r.stat(m)[:2]) for m in metrics)]
+        table.add_row(*map(escape, cells))
+    console.print(table)
+    for t in failed:
+        err = t.get("error") or {}
+        console.print(f"failed trial {t.get('name')} ({_overrides(t)}): {err.get('type')}: {err.get('message')}",
+                      markup=False)
+    for run in incomplete:
+        console.print(f"incomplete run {run.path}: {run.problem}", markup=False)
+
+
+def _plots(complete: list[Run], out: Path, notes: list[str]) -> list[str]:
+    try:
+        from plasticity.plots import make_plots, plot_sweep
+    except ImportError as e:
+        notes.append(f"plots skipped: plasticity.plots is not available ({e})")
+        return []
+    paths: list[str] = []
+    try:
+        for run in complete:
+            if not (run.path / "plots").is_dir():  # runs made with plots=false
+                make_plots(run.path)
+        paths = [str(Path(p).relative_to(out)) if Path(p).is_relative_to(out) else str(p)
+                 for p in plot_sweep([r.path for r in complete], out / "plots")]
+    except Exception as e:  # noqa: BLE001 - a figure must not cost the table
+        notes.append(f"plots skipped: {type(e).__name__}: {e}")
+    return paths
+
+
+def report(dirs: list[str | Path], out: str | Path | None = None, plots: bool = True, echo=print) -> int:
+    """Print the table and write report.md and report.csv; returns the exit status (1: no runs found)."""
+    run_paths, indexes = find(dirs)
+    runs = [load(p) for p in run_paths]
+    failed = failed_trials(indexes)
+    failed_dirs = {str(Path(t["run_dir"]).resolve()) for t in failed if t.get("run_dir")}
+    complete = [r for r in runs if r.summary is not None]
+    incomplete = [r for r in runs if r.summary is None and str(r.path) not in failed_dirs]
+    if not runs and not failed:
+        echo(f"report: no run directories under {', '.join(map(str, dirs))}")
+        return 1
+    rows = build_rows(complete)
+    metrics = columns(rows)
+    out = Path(out) if out else Path(dirs[0])
+    out.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+    figures = _plots(complete, out.resolve(), notes) if plots and complete else []
+    print_table(rows, metrics, failed, incomplete)
+    from plasticity.rundir import atomic_write_text
+
+    atomic_write_text(out / "report.md", markdown(rows, metrics, failed, incomplete, figures))
+    atomic_write_text(out / "report.csv", csv_text(rows, metrics))
+    for note in notes:
+        echo(note)
+    echo(f"{len(complete)} runs, {len(rows)} rows, {len(failed)} failed trials, {len(incomplete)} incomplete; "
+         f"wrote {out / 'report.md'} and {out / 'report.csv'}")
+    return 0

@@ -1,0 +1,142 @@
+"""One trial, run in the current process with its output in the trial's log; and the local worker loop.
+
+`run_trial(job)` runs exactly what `plasticity run ARGS...` runs (the same parser and command, so the
+same sinks as a `wandb agent` run), with file descriptors 1 and 2 redirected to `job["log"]` (C-level
+output included), and returns `{status: done|failed, error: {type, message, log_tail} | null, seconds}`;
+a trial's own failure never raises. Submitit calls it inside each array job; the local executor calls it
+in long-lived worker processes (`python -m plasticity.sweep.trial --worker`), which pay the torch and
+Lightning imports once rather than once per trial. Every run reseeds all generators at its start, so a
+trial's results do not depend on what its worker ran before (tests/plasticity/test_sweep.py checks this).
+
+This module imports no torch at import time: submitit unpickles `run_trial` in every job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+
+LOG_TAIL_LINES = 20
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def log_tail(path: str | Path, lines: int = LOG_TAIL_LINES) -> list[str]:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 64_000))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return []
+    return [line.rstrip() for line in text.splitlines() if line.strip()][-lines:]
+
+
+@contextmanager
+def redirected(path: Path):
+    """fd 1 and 2 (and so sys.stdout, sys.stderr and C-level output) into `path`, then back."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for f in (fd, *saved):
+            os.close(f)
+
+
+def _message(e: BaseException) -> str:
+    lines = (str(e).strip() or repr(e)).splitlines()
+    return lines[0][:500] + (" ..." if len(lines) > 1 or len(lines[0]) > 500 else "")
+
+
+def _run_cli(args: list[str]) -> dict:
+    try:
+        from plasticity.cli import build_parser
+
+        parsed = build_parser().parse_args(["run", *args])
+        code = parsed.func(parsed)
+    except SystemExit as e:  # argparse
+        return {"status": "failed", "error": {"type": "SystemExit", "message": f"plasticity run exited with {e.code}"}}
+    except Exception as e:  # noqa: BLE001 - the trial's failure is its result
+        traceback.print_exc()
+        return {"status": "failed", "error": {"type": type(e).__name__, "message": _message(e)}}
+    if code != 0:
+        why = "preempted" if code == 143 else "see the log"
+        message = f"plasticity run returned {code} ({why})"
+        return {"status": "failed", "error": {"type": "ExitStatus", "message": message}}
+    return {"status": "done", "error": None}
+
+
+def run_trial(job: dict) -> dict:
+    """Run one trial here; job = {name, args (after `plasticity run`), run_dir, log, threads}."""
+    t0 = time.time()
+    for var in THREAD_VARS:  # effective when torch is not imported yet (a fresh submitit job)
+        os.environ.setdefault(var, str(job.get("threads", 1)))
+    log = Path(job["log"])
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with redirected(log):
+        print(f"$ plasticity run {' '.join(job['args'])}", flush=True)
+        result = _run_cli(job["args"])
+    if result["status"] == "done" and not (Path(job["run_dir"]) / "summary.json").is_file():
+        result = {"status": "failed", "error": {"type": "MissingSummary", "message": "no summary.json was written"}}
+    if result["error"]:
+        result["error"]["log_tail"] = log_tail(log)
+    result["seconds"] = round(time.time() - t0, 2)
+    return result
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM this worker when the sweep process dies, however it dies (a running trial then
+    checkpoints and stops, so the next sweep resumes it instead of racing an orphan)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() == 1:  # the parent died before prctl
+        sys.exit(1)
+
+
+def worker() -> int:
+    """Read jobs (JSON lines) on stdin, answer each with a result line on the original stdout."""
+    _die_with_parent()
+    channel = os.fdopen(os.dup(1), "w", buffering=1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)  # stray output between trials must not corrupt the channel
+    os.close(devnull)
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        job = json.loads(line)
+        try:
+            result = run_trial(job)
+        except KeyboardInterrupt:
+            result = {"status": "failed", "seconds": None, "error": {
+                "type": "KeyboardInterrupt", "message": "interrupted", "log_tail": log_tail(job["log"])}}
+        try:
+            channel.write(json.dumps(result) + "\n")
+        except BrokenPipeError:  # the sweep is gone; the run directory has what was done
+            return 1
+        if result["error"] and result["error"]["type"] == "KeyboardInterrupt":
+            return 130
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--worker"]:
+        sys.exit("usage: python -m plasticity.sweep.trial --worker  (jobs as JSON lines on stdin)")
+    sys.exit(worker())

@@ -1,0 +1,159 @@
+"""`plasticity report`: rows (experiment, setting, arm) with mean ± std over seeds, from run directories
+alone — synthetic ones here (no training), with failures, crashes and truncated files."""
+
+import csv
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import yaml
+
+from plasticity.cli import main
+from plasticity.report import arm_metrics
+
+
+def make_run(path: Path, seed: int, lr: float, arms: dict[str, list[list[float]]], summary: bool = True,
+             name: str = "exp", fresh_gap: dict | None = None) -> Path:
+    path.mkdir(parents=True)
+    config = {"name": name, "description": "synthetic", "seed": seed, "optim": {"online_lr": lr, "lr": 0.01},
+              "arms": {arm: {"strategy": arm} for arm in arms}, "run": {"dir": str(path)},
+              "trainer": {"threads": 1}, "git_commit": f"commit{seed}"}
+    (path / "config.yaml").write_text(yaml.safe_dump(config))
+    (path / "metrics.jsonl").write_text('{"arm": "pretrain", "step": 0, "kl_bits": 1.0}\n{"arm": "pre')  # torn
+    if not summary:
+        return path
+    result = {}
+    for arm, R in arms.items():
+        last = len(R) - 1
+        result[arm] = {
+            "strategy": arm, "R_kl_bits": R, "final_kl_bits": sum(R[-1]) / len(R[-1]),
+            "forgetting_bits": [R[last][j] - min(R[i][j] for i in range(j, last + 1)) for j in range(last + 1)],
+            "bwt_bits": sum(R[last][j] - R[j][j] for j in range(last)) / last,
+            "auc_kl": [0.5, R[1][1] + 0.1, R[2][2] + 0.2],
+        }
+        if fresh_gap is not None:
+            result[arm]["plasticity_gap_bits"] = [None, *fresh_gap[arm]]
+    if fresh_gap is not None:
+        result["fresh"] = {"strategy": "fresh", "R_kl_diag_bits": {"1": 0.1}}
+    (path / "summary.json").write_text(json.dumps({"name": name, "phases": ["a", "b", "c"], "arms": result}))
+    return path
+
+
+def R(x: float) -> list[list[float]]:
+    return [[0.1, 2.0, 3.0], [0.1 + x, 0.2, 3.0], [0.2 + x, 0.3 + x, 0.05 + x / 10]]
+
+
+@pytest.fixture
+def runs(tmp_path):
+    """Sweep-like folder: lr 0.001 x seeds 0,1,2 and lr 0.003 x seed 0; a crashed run; a failed trial."""
+    root = tmp_path / "sweep"
+    xs = {(0.001, 0): 0.5, (0.001, 1): 0.7, (0.001, 2): 0.9, (0.003, 0): 0.2}
+    for (lr, seed), x in xs.items():
+        make_run(root / f"run-{lr}-{seed}", seed, lr, {"frozen": R(0.0), "naive": R(x)},
+                 fresh_gap={"frozen": [0.3, 0.4], "naive": [x, 2 * x]})
+    make_run(root / "crashed", 5, 0.001, {"naive": R(0.1)}, summary=False)
+    (root / "failed-run").mkdir()  # the failed trial's partial run directory
+    (root / "failed-run" / "config.yaml").write_text(yaml.safe_dump({"name": "exp", "seed": 9}))
+    index = {"trials": [
+        {"name": "failed-run", "overrides": {"seed": 9}, "status": "failed", "run_dir": str(root / "failed-run"),
+         "log": str(root / "logs" / "failed-run.log"),
+         "error": {"type": "RuntimeError", "message": "boom at phase 1", "log_tail": ["RuntimeError: boom"]}},
+        {"name": "ok", "overrides": {"seed": 0}, "status": "done", "run_dir": str(root / "run-0.001-0"), "error": None},
+    ]}
+    (root / "sweep_index.json").write_text(json.dumps(index))
+    return root, xs
+
+
+def test_table_is_mean_and_sample_std_over_seeds(runs, tmp_path, capsys):
+    root, xs = runs
+    assert main(["report", str(root), "--no-plots"]) == 0
+    printed = capsys.readouterr().out
+    rows = {(r["setting"], r["arm"]): r for r in csv.DictReader((root / "report.csv").open())}
+    assert set(rows) == {(f"optim.online_lr={lr}", arm) for lr in (0.001, 0.003) for arm in ("frozen", "naive")}
+    seeds = [xs[(0.001, s)] for s in (0, 1, 2)]
+    # naive, lr 0.001: R(x) by hand — final = mean of the last row, BWT = mean_j<2 (R[2][j] - R[j][j]),
+    # forgetting = mean_j<2 (R[2][j] - min_i>=j R[i][j]), auc = mean of phases 1..2, gap = mean of [x, 2x]
+    final = [((0.2 + x) + (0.3 + x) + (0.05 + x / 10)) / 3 for x in seeds]
+    bwt = [((0.2 + x - 0.1) + (0.3 + x - 0.2)) / 2 for x in seeds]
+    forgetting = [((0.2 + x) - 0.1 + (0.3 + x) - 0.2) / 2 for x in seeds]
+    auc = [((0.2 + 0.1) + (0.05 + x / 10 + 0.2)) / 2 for x in seeds]
+    gap = [1.5 * x for x in seeds]
+    row = rows[("optim.online_lr=0.001", "naive")]
+    assert row["n"] == "3"
+    for metric, values in [("final_kl_bits", final), ("bwt_bits", bwt), ("forgetting_bits", forgetting),
+                           ("auc_kl_bits", auc), ("plasticity_gap_bits", gap)]:
+        mean = sum(values) / 3
+        std = (sum((v - mean) ** 2 for v in values) / 2) ** 0.5
+        assert float(row[f"{metric}_mean"]) == pytest.approx(mean, rel=1e-12), metric
+        assert float(row[f"{metric}_std"]) == pytest.approx(std, rel=1e-9), metric
+        assert f"{mean:.4f} ± {std:.4f}" in printed, metric
+    single = rows[("optim.online_lr=0.003", "naive")]
+    assert single["n"] == "1" and single["final_kl_bits_std"] == ""  # no std from one seed
+    assert ("-", "fresh") not in rows and not any(arm == "fresh" for _, arm in rows)
+    md = (root / "report.md").read_text()
+    assert "| exp | optim.online_lr=0.001 | naive | 3 |" in md
+    assert "plasticity_gap_bits" in md
+
+
+def test_failed_and_incomplete_runs_are_listed(runs, capsys):
+    root, _ = runs
+    assert main(["report", str(root), "--no-plots"]) == 0
+    printed = capsys.readouterr().out
+    assert "failed trial failed-run (seed=9): RuntimeError: boom at phase 1" in printed
+    assert f"incomplete run {root / 'crashed'}" in printed.replace("\n", "")
+    assert "incomplete run " + str(root / "failed-run") not in printed  # a failed trial is not also incomplete
+    md = (root / "report.md").read_text()
+    assert "## Failed trials" in md and "boom at phase 1" in md
+    assert "## Incomplete runs" in md and "crashed" in md
+
+
+def test_several_dirs_single_run_dir_and_out(runs, tmp_path, capsys):
+    root, _ = runs
+    other = make_run(tmp_path / "lone", 0, 0.01, {"naive": R(0.3)}, name="other")
+    out = tmp_path / "rep"
+    assert main(["report", str(other), str(root), "--out", str(out), "--no-plots"]) == 0
+    rows = list(csv.DictReader((out / "report.csv").open()))
+    assert {r["experiment"] for r in rows} == {"exp", "other"}
+    assert [r["setting"] for r in rows if r["experiment"] == "other"] == ["-"]  # nothing varies
+    assert not (root / "report.csv").exists()
+
+
+def test_missing_dir_exits_2_and_empty_dir_says_so(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no such directory" in err
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty")]) == 1
+    assert "no run directories" in capsys.readouterr().out
+
+
+def test_plots_are_called_or_skipped_with_a_note(runs, monkeypatch, capsys):
+    root, _ = runs
+    calls = []
+    fake = types.ModuleType("plasticity.plots")
+    fake.make_plots = lambda run_dir: calls.append(("run", Path(run_dir).name)) or []
+
+    def plot_sweep(run_dirs, out_dir):
+        calls.append(("sweep", len(run_dirs)))
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / "sweep_final_kl.png").write_bytes(b"png")
+        return [Path(out_dir) / "sweep_final_kl.png"]
+
+    fake.plot_sweep = plot_sweep
+    monkeypatch.setitem(sys.modules, "plasticity.plots", fake)
+    assert main(["report", str(root)]) == 0
+    assert ("sweep", 4) in calls and sum(kind == "run" for kind, _ in calls) == 4  # runs without plots/
+    assert "![sweep_final_kl](plots/sweep_final_kl.png)" in (root / "report.md").read_text()
+    monkeypatch.setitem(sys.modules, "plasticity.plots", None)  # not importable
+    capsys.readouterr()
+    assert main(["report", str(root)]) == 0
+    assert "plots skipped" in capsys.readouterr().out
+
+
+def test_arm_metrics_of_a_single_phase_run():
+    m = arm_metrics({"R_kl_bits": [[0.2]], "final_kl_bits": 0.2, "bwt_bits": 0.0, "forgetting_bits": [0.0],
+                     "auc_kl": [0.4]})
+    assert m == {"final_kl_bits": 0.2, "bwt_bits": None, "forgetting_bits": None, "auc_kl_bits": 0.4,
+                 "plasticity_gap_bits": None}
