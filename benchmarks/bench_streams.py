@@ -9,12 +9,16 @@ per second of `family.sample(batch_size, generator)` — tokens AND the exact po
 The reference is benchmarks/reference_streams.py: the same family written the way research code
 usually is, one Python loop per sequence and per position with numpy. Before timing, the reference's
 posterior function is fed the family's own sampled tokens and must agree to 1e-9, so both sides
-compute the same thing. The reference is single-threaded Python (torch threads 1); it is timed once
+compute the same thing; and the Bayes log-loss of sampled tokens (−log p*(next token), nats per scored
+token) of `--nll-sequences` sequences from each side must agree within standard errors (σ shown), so
+the reference samples the same process. The reference is single-threaded Python (torch threads 1); it is timed once
 per family, taking turns with the family's thread settings in every repeat, and shared by their rows.
 
 Then `Stream.batch(step)` is timed for every configs/stream/*.yaml, on steps spread over the stream
 (so gradual streams include their mixed batches). Each time is the median of `--repeats` runs of at
-least `--min-time` seconds after one warm-up call. Prints markdown tables (paste into docs/benchmarks.md).
+least `--min-time` seconds after one warm-up call. "speedup" is wall time; the CPU column divides
+process CPU time per batch, which shifts less when other processes share the cores (with 1 thread).
+The targets are judged on the wall-time speedup and rate. Prints markdown tables (paste into docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -56,18 +60,19 @@ CASES = [
 ]
 
 
-def timed(fns: list[Callable[[], int]], min_time: float, repeats: int) -> list[tuple[float, float]]:
-    """Per function: (median seconds per call, median scored tokens per second). Each `fn` returns the
-    scored tokens it made. The functions take turns within every repeat, so that a change in the load
-    from other processes hits all of them alike and their ratio stays meaningful."""
+def timed(fns: list[Callable[[], int]], min_time: float, repeats: int) -> list[tuple[float, float, float]]:
+    """Per function: (median wall seconds per call, median scored tokens per wall second, median process
+    CPU seconds per call). Each `fn` returns the scored tokens it made. The functions take turns within
+    every repeat, so that a change in the load from other processes hits all of them alike."""
     per_call: list[list[float]] = [[] for _ in fns]
     rates: list[list[float]] = [[] for _ in fns]
+    cpu: list[list[float]] = [[] for _ in fns]
     for fn in fns:
         fn()  # warm-up
     for _ in range(repeats):
         for k, fn in enumerate(fns):
             calls = tokens = 0
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             while True:
                 tokens += fn()
                 calls += 1
@@ -76,7 +81,9 @@ def timed(fns: list[Callable[[], int]], min_time: float, repeats: int) -> list[t
                     break
             per_call[k].append(dt / calls)
             rates[k].append(tokens / dt)
-    return [(statistics.median(c), statistics.median(r)) for c, r in zip(per_call, rates)]
+            cpu[k].append((time.process_time() - c0) / calls)
+    med = statistics.median
+    return [(med(c), med(r), med(u)) for c, r, u in zip(per_call, rates, cpu)]
 
 
 def with_threads(threads: int, fn: Callable[[], int]) -> Callable[[], int]:
@@ -107,23 +114,36 @@ def check_posterior(family, posterior_fn, n: int = 16, seed: int = 1) -> float:
     return worst
 
 
+def bayes_nll(tokens: torch.Tensor, posterior: torch.Tensor, scored: torch.Tensor) -> tuple[float, float]:
+    """Mean and standard error of -log p*(next token) over scored positions (nats)."""
+    p = posterior[:, :-1].gather(-1, tokens[:, 1:, None]).squeeze(-1)[scored[:, :-1]]
+    nll = -p.log()
+    return float(nll.mean()), float(nll.std() / nll.numel() ** 0.5)
+
+
 def bench_families(args, device: torch.device) -> list[str]:
     rows = []
     for label, name, params, ref_sample, ref_kwargs, ref_post in CASES:
         family = make(name, **params)
         gap = check_posterior(family, ref_post(family))
+        # Same generative process: the Bayes log-loss of sampled tokens agrees within standard errors.
+        nll_fam = bayes_nll(*(lambda b: (b.tokens, b.posterior, b.scored))(
+            family.sample(args.nll_sequences, torch.Generator().manual_seed(2))))
+        nll_ref = bayes_nll(*ref_sample(args.nll_sequences, np.random.default_rng(2), **ref_kwargs))
+        z = abs(nll_fam[0] - nll_ref[0]) / max((nll_fam[1] ** 2 + nll_ref[1] ** 2) ** 0.5, 1e-12)
+        nll_cell = f"{nll_fam[0]:.3f} / {nll_ref[0]:.3f} ({z:.1f}σ)"
 
         rng = np.random.default_rng(0)
         gen = torch.Generator().manual_seed(0)
 
-        def run_ref() -> int:
+        def run_ref(ref_sample=ref_sample, rng=rng, ref_kwargs=ref_kwargs) -> int:
             _, post, scored = ref_sample(args.batch_size, rng, **ref_kwargs)
             if device.type == "cuda":
                 post.to(device)
                 sync(device)
             return int(scored.sum())
 
-        def run_family() -> int:
+        def run_family(family=family, gen=gen) -> int:
             b = family.sample(args.batch_size, gen)
             if device.type == "cuda":
                 b = b.to(device)
@@ -131,15 +151,20 @@ def bench_families(args, device: torch.device) -> list[str]:
             return int(b.scored.sum())
 
         fns = [with_threads(1, run_ref)] + [with_threads(t, run_family) for t in args.threads]
-        (ref_s, ref_rate), *fam = timed(fns, args.min_time, args.repeats)
-        for threads, (fam_s, fam_rate) in zip(args.threads, fam):
+        (ref_s, ref_rate, ref_cpu), *fam = timed(fns, args.min_time, args.repeats)
+        for threads, (fam_s, fam_rate, fam_cpu) in zip(args.threads, fam):
             speedup = ref_s / fam_s
-            ok = ("yes" if speedup >= SPEEDUP_TARGET else "**no**") + " / " + (
-                "yes" if fam_rate >= RATE_TARGET else "**no**")
+            scored = fam_rate * fam_s  # scored tokens per batch
+            ok = (
+                ("yes" if speedup >= SPEEDUP_TARGET else "**no**")
+                + " / "
+                + ("yes" if fam_rate >= RATE_TARGET else "**no**")
+            )
             rows.append(
-                f"| {label} | {family.seq_len} | {family.vocab_size} | {threads} | {fam_s * 1e3:.2f} | "
-                f"{fam_rate / 1e6:.2f} | {ref_s * 1e3:.1f} | {ref_rate / 1e3:.0f} | {speedup:.0f}x | "
-                f"{gap:.1e} | {ok} |"
+                f"| {label} | {family.seq_len} | {family.vocab_size} | {scored:.0f} | {threads} | "
+                f"{fam_s * 1e3:.2f} | {fam_rate / 1e6:.2f} | {ref_s * 1e3:.1f} | {speedup:.0f}x | "
+                f"{fam_cpu * 1e3:.2f} / {ref_cpu * 1e3:.1f} | {ref_cpu / fam_cpu:.0f}x | "
+                f"{scored / fam_cpu / 1e6:.2f} | {gap:.1e} | {nll_cell} | {ok} |"
             )
             print(rows[-1], flush=True)
     return rows
@@ -152,7 +177,7 @@ def bench_configs(args, device: torch.device) -> list[str]:
         steps = np.linspace(0, stream.total_steps - 1, 32).round().astype(int).tolist()
         i = 0
 
-        def run_batch() -> int:
+        def run_batch(stream=stream, steps=steps) -> int:
             nonlocal i
             b = stream.batch(steps[i % len(steps)])
             i += 1
@@ -163,7 +188,7 @@ def bench_configs(args, device: torch.device) -> list[str]:
 
         results = timed([with_threads(t, run_batch) for t in args.threads], args.min_time, args.repeats)
         families = sorted({p.family.name for p in stream.phases})
-        for threads, (s, rate) in zip(args.threads, results):
+        for threads, (s, rate, _) in zip(args.threads, results):
             rows.append(
                 f"| {path.stem} | {'+'.join(families)} | {len(stream.phases)} | {stream.transition} | "
                 f"{stream.batch_size} | {stream.seq_len} | {stream.vocab_size} | {threads} | {s * 1e3:.2f} | "
@@ -181,6 +206,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                    help="cuda: include moving each batch to the GPU (generation stays on the CPU)")
+    p.add_argument("--nll-sequences", type=int, default=2048,
+                   help="sequences per side for the same-process check (Bayes NLL of sampled tokens)")
     p.add_argument("--skip-configs", action="store_true", help="only the families")
     args = p.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -193,9 +220,12 @@ def main() -> None:
           f"device {args.device}, batch {args.batch_size}, load average {load0[0]:.2f} {load0[1]:.2f} "
           f"{load0[2]:.2f}\n")
     print("Families (`family.sample(B)`, posterior included; reference = per-sequence Python + numpy):\n")
-    print("| family | T | V | threads | ms/batch | M scored tok/s | ref ms/batch | ref k scored tok/s | "
-          "speedup | max \\|Δpost\\| vs ref | ≥20x / ≥1M tok/s |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|", flush=True)
+    print(
+        "| family | T | V | scored/batch | threads | ms/batch | M scored tok/s | ref ms/batch | speedup | "
+        "CPU-ms/batch fam / ref | CPU speedup | M scored tok/CPU-s | max \\|Δpost\\| vs ref | "
+        "Bayes NLL nats fam / ref | ≥20x / ≥1M tok/s (wall) |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|", flush=True)
     bench_families(args, device)
     if not args.skip_configs:
         print("\n`Stream.batch(step)` for configs/stream/*.yaml (steps spread over the whole stream):\n")

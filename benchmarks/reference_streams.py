@@ -151,19 +151,19 @@ def sample_dirichlet(batch_size: int, rng: np.random.Generator, n_symbols: int =
 
 def hmm_posterior(tokens, n_states: int, n_symbols: int, units: int):
     """Reads T and E back from the header tokens, then runs the forward filter."""
-    S, O, m = n_states, n_symbols, units
-    H = S * S + S * O
-    grid = (np.asarray(tokens[:H], dtype=np.float64) - (O + 1)) / m
+    S, NO, m = n_states, n_symbols, units
+    H = S * S + S * NO
+    grid = (np.asarray(tokens[:H], dtype=np.float64) - (NO + 1)) / m
     Tm = grid[: S * S].reshape(S, S)
-    E = grid[S * S :].reshape(S, O)
+    E = grid[S * S :].reshape(S, NO)
     obs = np.asarray(tokens[H + 1 :]) - 1
     L = len(obs)
-    post = np.zeros((len(tokens), 1 + O + m + 1))
+    post = np.zeros((len(tokens), 1 + NO + m + 1))
     scored = np.zeros(len(tokens), dtype=bool)
     belief = np.full(S, 1.0 / S)  # distribution of the next hidden state given the observations so far
     for t in range(L):
         pred = belief @ E
-        post[H + t, 1 : 1 + O] = pred / pred.sum()
+        post[H + t, 1 : 1 + NO] = pred / pred.sum()
         scored[H + t] = True
         filtered = belief * E[:, obs[t]]
         belief = (filtered / filtered.sum()) @ Tm
@@ -185,12 +185,12 @@ def _round_to_grid(p: np.ndarray, m: int) -> np.ndarray:
 
 def sample_hmm(batch_size: int, rng: np.random.Generator, n_states: int = 5, n_symbols: int = 5,
                length: int = 32, concentration: float = 1.0, grid: float = 0.05):
-    S, O, L = n_states, n_symbols, length
+    S, NO, L = n_states, n_symbols, length
     m = round(1 / grid)
     rows = []
     for _ in range(batch_size):
         t_units = _round_to_grid(rng.dirichlet(np.full(S, concentration), size=S), m)
-        e_units = _round_to_grid(rng.dirichlet(np.full(O, concentration), size=S), m)
+        e_units = _round_to_grid(rng.dirichlet(np.full(NO, concentration), size=S), m)
         # Inverse-CDF draws on Python lists (bisect beats numpy calls on 5-element rows).
         cum_t = np.cumsum(t_units, axis=1).tolist()
         cum_e = np.cumsum(e_units, axis=1).tolist()
@@ -198,11 +198,11 @@ def sample_hmm(batch_size: int, rng: np.random.Generator, n_states: int = 5, n_s
         s = int(rng.integers(S))
         obs = np.empty(L, dtype=np.int64)
         for t in range(L):
-            obs[t] = min(bisect.bisect_right(cum_e[s], u[t]), O - 1)
+            obs[t] = min(bisect.bisect_right(cum_e[s], u[t]), NO - 1)
             s = min(bisect.bisect_right(cum_t[s], u[L + t]), S - 1)
-        header = O + 1 + np.concatenate([t_units.ravel(), e_units.ravel()])
+        header = NO + 1 + np.concatenate([t_units.ravel(), e_units.ravel()])
         tokens = np.concatenate([header, [0], obs + 1]).astype(np.int64)
-        post, scored = hmm_posterior(tokens, S, O, m)
+        post, scored = hmm_posterior(tokens, S, NO, m)
         rows.append((tokens, post, scored))
     return _stack(rows)
 

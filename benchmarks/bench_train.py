@@ -1,0 +1,352 @@
+"""Training throughput of the Lightning path against a bare PyTorch loop, and the cost of evaluation.
+
+    python benchmarks/bench_train.py                     # 2 threads, CPU
+    python benchmarks/bench_train.py --threads 1
+    python benchmarks/bench_train.py --device cuda
+    python benchmarks/bench_train.py --skip-eval --rounds 5 --steps 500
+
+Three ways to train the same model on the same data, in interleaved rounds (the order rotates each
+round, so that load from other processes hits all of them alike):
+- `lightning`: WindTunnelModule + the pl.Trainer that plasticity.experiment._trainer builds, fit on
+  stream_loader, with the per-step callbacks of a run (an Evaluator with no eval steps, the progress
+  callback, a Checkpointer that never saves) — how a run trains, minus the evaluations themselves.
+- `bare`: a plain PyTorch loop over the same stream_loader: forward, sequence_loss, backward,
+  clip_grad_norm_, AdamW step (same parameter groups), the same LambdaLR schedule.
+- `bare+module`: the bare loop, but calling WindTunnelModule.training_step and
+  on_before_optimizer_step itself (its divergence check, token count and gradient-norm probe), so the
+  gap between it and `lightning` is Lightning's own cost.
+Every run starts from the same initialization (parts.new_model(seed)); steady-state throughput is
+timed from step `--warmup` to the last step. `end-to-end` also counts building the Trainer (or the
+optimizer) and fit's setup and teardown; `startup` is the time from building the model to the start of
+the first batch. After each round the three models' weights are compared:
+identical data and optimizer make them agree (bit for bit on CPU). Besides wall time, the process CPU
+time per step is reported: with 1 thread it is much less sensitive to other processes sharing the cores.
+
+Then one plasticity.experiment.run on configs/experiment/smoke.yaml with the default transformer, the
+bijection stream (configs/stream/bijection.yaml, default eval bank), eval.every=100 and the default eval
+batch size, once with wandb as the config resolves it and once with logger.wandb.mode=disabled;
+summary.json's timing.eval_fraction is the share of wall time spent evaluating.
+Peak memory: resource.getrusage maxrss (the whole process), and torch.cuda.max_memory_allocated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+
+from plasticity.config import load_config
+from plasticity.experiment import _trainer, build_parts, run
+from plasticity.models import count_parameters
+from plasticity.module import WindTunnelModule, lr_lambda, sequence_loss, stream_loader
+
+ROOT = Path(__file__).resolve().parents[1]
+RATIO_TARGET = 0.95
+EVAL_FRACTION_TARGET = 0.10
+
+warnings.filterwarnings("ignore", ".*does not have many workers.*")
+warnings.filterwarnings("ignore", ".*IterableDataset.*__len__.*")
+warnings.filterwarnings("ignore", ".*LeafSpec.*")
+
+
+def config(args, threads: int, steps: int, extra: tuple[str, ...] = ()):
+    overrides = [
+        "stream=bijection", "model=transformer", f"stream.phases.0.steps={steps}",
+        f"trainer.threads={threads}", f"trainer.accelerator={args.device}", "eval.every=100",
+        "eval.batch_size=256", "progress=false", *args.override, *extra,
+    ]
+    return load_config(str(ROOT / "configs" / "experiment" / "smoke.yaml"), overrides)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+
+def cuda_peak_mib(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
+
+
+class Timer(pl.Callback):
+    """Wall time from the start of batch `warmup` to the end of the last batch."""
+
+    def __init__(self, warmup: int, last: int, device: torch.device):
+        self.warmup, self.last, self.device = warmup, last, device
+        self.t0 = self.t1 = self.c0 = self.c1 = self.first = 0.0
+        self.threads = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == 0:
+            self.first = time.perf_counter()
+        if batch_idx == self.warmup:
+            sync(self.device)
+            self.t0, self.c0 = time.perf_counter(), time.process_time()
+            self.threads = torch.get_num_threads()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if batch_idx == self.last:
+            sync(self.device)
+            self.t1, self.c1 = time.perf_counter(), time.process_time()
+
+
+def optimizer_and_schedule(model, cfg, total: int):
+    o = cfg.optim
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=o.lr, betas=(o.beta1, o.beta2))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(o.schedule, o.warmup_steps, total, o.min_lr_ratio))
+    return opt, sched
+
+
+def train_bare(parts, cfg, total: int, warmup: int, with_module: bool):
+    """The bare loop; with_module: the module's training_step and grad-norm hook inside it."""
+    t_start = time.perf_counter()
+    device = parts.device
+    model = parts.new_model(cfg.seed).to(device)
+    module = WindTunnelModule(model, cfg.optim, cfg.loss, parts.stream, 0, total) if with_module else None
+    opt, sched = optimizer_and_schedule(model, cfg, total)
+    # Lightning clips the optimizer's parameters in its group order; the same order here makes the
+    # summed norm round identically, so the weights stay bit-for-bit comparable.
+    params = [p for group in opt.param_groups for p in group["params"]]
+    t0 = c0 = first = 0.0
+    for i, batch in enumerate(stream_loader(parts.stream, 0, total)):
+        if i == 0:
+            first = time.perf_counter()
+        if i == warmup:
+            sync(device)
+            t0, c0 = time.perf_counter(), time.process_time()
+        batch = batch.to(device)
+        if module is not None:
+            module.on_train_batch_start(batch, i)
+            loss = module.training_step(batch, i)
+        else:
+            loss = sequence_loss(model(batch.tokens), batch, cfg.loss)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if module is not None:
+            module.on_before_optimizer_step(opt)
+        torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+        opt.step()
+        sched.step()
+    sync(device)
+    t1, c1 = time.perf_counter(), time.process_time()
+    return model, t1 - t0, c1 - c0, t1 - t_start, first - t_start
+
+
+def train_lightning(parts, cfg, total: int, warmup: int):
+    t_start = time.perf_counter()
+    model = parts.new_model(cfg.seed).to(parts.device)
+    module = WindTunnelModule(model, cfg.optim, cfg.loss, parts.stream, 0, total,
+                              lr=cfg.optim.lr, schedule=cfg.optim.schedule, warmup_steps=cfg.optim.warmup_steps)
+    timer = Timer(warmup, total - 1, parts.device)
+    _trainer(parts, cfg, total, [timer, *run_callbacks(parts, cfg, total)]).fit(
+        module, stream_loader(parts.stream, 0, total))
+    sync(parts.device)
+    t_end = time.perf_counter()
+    if timer.threads and parts.device.type == "cpu" and timer.threads != torch.get_num_threads():
+        print(f"# note: torch threads inside fit were {timer.threads}")
+    return model, timer.t1 - timer.t0, timer.c1 - timer.c0, t_end - t_start, timer.first - t_start
+
+
+def run_callbacks(parts, cfg, total: int) -> list[pl.Callback]:
+    """The per-step callbacks of Experiment._fit, minus the work they do only now and then: an Evaluator
+    with no eval steps, the progress callback and a Checkpointer that never saves. Their hooks still run
+    on every step, as in a run. (Best effort: if their signatures change, the Trainer runs without them.)"""
+    try:
+        from plasticity.checkpointing import Checkpointer, StopFlag
+        from plasticity.evaluation import Evaluator
+        from plasticity.progress import RunProgress
+
+        evaluator = Evaluator("bench", parts.stream, {}, set(), cfg.eval.batch_size, cfg.eval.probes, cfg.eval.tau,
+                              None, "init", lambda rows: None)
+        progress = RunProgress(enabled=False).callback("bench", total)
+        tmp = Path(tempfile.gettempdir()) / f"bench_train_{os.getpid()}.pt"
+        return [evaluator, progress, Checkpointer(tmp, 0, total, evaluator, None, StopFlag())]
+    except Exception as e:  # noqa: BLE001
+        print(f"# note: running without the run's callbacks ({type(e).__name__}: {e})")
+        return []
+
+
+@torch.no_grad()
+def max_weight_gap(a: torch.nn.Module, b: torch.nn.Module) -> float:
+    return max(float((p - q).abs().max()) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def bench_throughput(args, threads: int) -> list[str]:
+    torch.set_num_threads(threads)
+    total = args.warmup + args.steps
+    cfg = config(args, threads, total)
+    parts = build_parts(cfg)
+    # Lightning's deterministic=True (CPU) switches torch to deterministic algorithms for the rest of the
+    # process; set it up front so that every arm runs under the same setting.
+    torch.use_deterministic_algorithms(bool(cfg.trainer.deterministic and parts.device.type == "cpu"))
+    stream = parts.stream
+    tokens_per_step = stream.batch_size * stream.seq_len
+    arms = {
+        "bare": lambda: train_bare(parts, cfg, total, args.warmup, with_module=False),
+        "bare+module": lambda: train_bare(parts, cfg, total, args.warmup, with_module=True),
+        "lightning": lambda: train_lightning(parts, cfg, total, args.warmup),
+    }
+    steady: dict[str, list[float]] = {k: [] for k in arms}
+    cpu: dict[str, list[float]] = {k: [] for k in arms}
+    startup: dict[str, list[float]] = {k: [] for k in arms}
+    whole: dict[str, list[float]] = {k: [] for k in arms}
+    peak: dict[str, float | None] = {}
+    gaps: list[float] = []
+    names = list(arms)
+    load0 = os.getloadavg()[0]
+    for r in range(args.rounds):
+        order = names[r % 3:] + names[: r % 3]
+        models = {}
+        for name in order:
+            reset_peak(parts.device)
+            models[name], s, c, w, first = arms[name]()
+            startup[name].append(first)
+            peak[name] = cuda_peak_mib(parts.device)
+            steady[name].append(args.steps * tokens_per_step / s)
+            cpu[name].append(1e3 * c / args.steps)
+            whole[name].append(total * tokens_per_step / w)
+        gap = {k: max_weight_gap(models["bare"], models[k]) for k in ("bare+module", "lightning")}
+        gaps.append(max(gap.values()))
+        print(f"# round {r}: " + ", ".join(f"{k} {steady[k][-1] / 1e3:.1f}k tok/s ({cpu[k][-1]:.2f} CPU-ms/step)"
+                                           for k in order)
+              + "; max |weight - bare's| " + ", ".join(f"{k} {v:.1e}" for k, v in gap.items()), flush=True)
+    load1 = os.getloadavg()[0]
+
+    n_params = count_parameters(models["bare"])
+    bare = statistics.median(steady["bare"])
+    rows = []
+    for name in names:
+        med = statistics.median(steady[name])
+        ratio = med / bare
+        per_round = [steady[name][i] / steady["bare"][i] for i in range(args.rounds)]
+        mark = "" if name == "bare" else (" (≥0.95: yes)" if ratio >= RATIO_TARGET else " (≥0.95: **no**)")
+        ms = 1e3 * tokens_per_step / med
+        cuda = f" | {peak[name]:.0f}" if parts.device.type == "cuda" else ""
+        cpu_ms = statistics.median(cpu[name])
+        cpu_ratio = statistics.median(cpu["bare"]) / cpu_ms
+        cpu_mark = "" if name == "bare" else (" (yes)" if cpu_ratio >= RATIO_TARGET else " (**no**)")
+        rows.append(
+            f"| {name} | {threads} | {ms:.2f} | {med / 1e3:.1f} | {ratio:.3f}{mark} | "
+            f"{cpu_ms:.2f} | {cpu_ratio:.3f}{cpu_mark} | "
+            f"{min(per_round):.3f}–{max(per_round):.3f} | {statistics.median(whole[name]) / 1e3:.1f} | "
+            f"{statistics.median(whole[name]) / statistics.median(whole['bare']):.3f} | "
+            f"{1e3 * statistics.median(startup[name]):.0f}{cuda} |"
+        )
+    overrides = f" ({' '.join(args.override)})" if args.override else ""
+    print(f"\nThroughput: {n_params} parameters{overrides}, bijection 8 keys, batch {stream.batch_size} x T "
+          f"{stream.seq_len} ({tokens_per_step} tokens/step), {args.steps} timed steps after {args.warmup} "
+          f"warm-up, {args.rounds} interleaved rounds, device {args.device}, threads {threads}; "
+          f"load average {load0:.2f} -> {load1:.2f}; max |weight gap| vs bare {max(gaps):.1e}\n")
+    cuda_head = " | CUDA peak MiB" if parts.device.type == "cuda" else ""
+    print(f"| path | threads | ms/step | k tokens/s | ratio to bare (median) | CPU-ms/step | CPU ratio | "
+          f"per-round ratio | end-to-end k tokens/s | end-to-end ratio | startup ms{cuda_head} |")
+    print("|---|---:|---:|---:|---|---:|---:|---|---:|---:|---:|" + ("---:|" if cuda_head else ""))
+    for row in rows:
+        print(row)
+    print(flush=True)
+    return rows
+
+
+def bench_eval(args, threads: int) -> None:
+    """One experiment run per wandb setting: as the config resolves it (offline here, without an API
+    key) and with logger.wandb.mode=disabled."""
+    device = torch.device(args.device)
+    rows = []
+    for label, extra in (("default", ()), ("disabled", ("logger.wandb.mode=disabled",))):
+        try:
+            cfg = config(args, threads, args.eval_run_steps, extra)
+        except Exception as e:  # noqa: BLE001  (a config key this checkout does not have)
+            print(f"# skipped wandb={label}: {e}")
+            continue
+        mode = label
+        try:
+            from plasticity.wandb_sink import resolve_mode
+
+            mode = resolve_mode(cfg.logger.wandb.mode)
+        except Exception:  # noqa: BLE001, S110
+            pass
+        reset_peak(device)
+        load0 = os.getloadavg()[0]
+        with tempfile.TemporaryDirectory() as tmp:
+            summary = run(cfg, Path(tmp) / "run")
+        load1 = os.getloadavg()[0]
+        t = summary["timing"]
+        steps = args.eval_run_steps
+        n_evals = steps // cfg.eval.every + 1 + (steps % cfg.eval.every != 0)
+        mark = "yes" if t["eval_fraction"] <= EVAL_FRACTION_TARGET else "**no**"
+        cuda = cuda_peak_mib(device)
+        rows.append(
+            f"| {threads} | {mode} | {steps} | {n_evals} | {t['wall_seconds']:.1f} | {t['train_seconds']:.1f} | "
+            f"{t['eval_seconds']:.2f} | {1e3 * t['eval_seconds'] / n_evals:.0f} | {100 * t['eval_fraction']:.1f}% "
+            f"({mark}) | {t['train_tokens_per_second'] / 1e3:.1f} | {maxrss_mib():.0f}"
+            + (f" | {cuda:.0f} |" if cuda is not None else " |") + f" {load0:.2f} → {load1:.2f} |"
+        )
+    print(f"\nEvaluation cost: plasticity.experiment.run, smoke.yaml + stream=bijection + model=transformer, "
+          f"{args.eval_run_steps} steps, eval.every={cfg.eval.every}, eval bank {cfg.stream.eval_size} "
+          f"sequences, eval.batch_size={cfg.eval.batch_size}, probes={cfg.eval.probes}, device {args.device}, "
+          f"threads {threads}\n")
+    cuda_head = " | CUDA peak MiB" if device.type == "cuda" else ""
+    print(f"| threads | wandb | steps | evals | wall s | train s | eval s | ms/eval | eval_fraction (≤10%) | "
+          f"train k tokens/s | maxrss MiB{cuda_head} | load average |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---:|" + ("---:|" if cuda_head else "") + "---|")
+    for row in rows:
+        print(row)
+    print(flush=True)
+
+
+def maxrss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", type=int, nargs="+", default=[2], help="torch CPU threads (e.g. 2 1)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--steps", type=int, default=300, help="timed steps per run")
+    p.add_argument("--warmup", type=int, default=30, help="untimed steps before them")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--eval-run-steps", type=int, default=600, help="steps of the eval-fraction run")
+    p.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="extra config overrides, e.g. a tiny model to expose the fixed per-step overhead: "
+                        "model.n_layers=1 model.d_model=8 model.n_heads=1 model.d_ff=8")
+    p.add_argument("--skip-eval", action="store_true")
+    p.add_argument("--skip-throughput", action="store_true")
+    args = p.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: no CUDA device is available")
+    t0 = time.perf_counter()
+    load = os.getloadavg()
+    print(f"# bench_train: torch {torch.__version__}, pytorch_lightning {pl.__version__}, {os.cpu_count()} CPUs, "
+          f"device {args.device}; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\n", flush=True)
+    if max(args.threads) > 1 and load[0] > (os.cpu_count() or 1) and "OMP_WAIT_POLICY" not in os.environ:
+        print(f"# warning: load average {load[0]:.1f} > {os.cpu_count()} CPUs. With more than one thread, OpenMP's "
+              "spin-waiting makes each parallel op wait on a descheduled thread: expect steps many times slower "
+              "and very noisy (OMP_WAIT_POLICY=PASSIVE or --threads 1 avoid it).\n", flush=True)
+    for threads in args.threads:
+        if not args.skip_throughput:
+            bench_throughput(args, threads)
+        if not args.skip_eval:
+            bench_eval(args, threads)
+    load = os.getloadavg()
+    print(f"# peak RSS {maxrss_mib():.0f} MiB; done in {time.perf_counter() - t0:.0f} s; "
+          f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
