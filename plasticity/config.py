@@ -47,7 +47,9 @@ class OptimConfig:
 @dataclass
 class TrainerConfig:
     accelerator: str = "auto"  # auto | cpu | cuda
-    threads: int = 0  # torch CPU threads; 0 keeps torch's default
+    # torch CPU threads; 0 keeps torch's default (all cores). One thread per process is the robust default:
+    # on a shared 2-core machine two threads collapse when the other core is busy (docs/benchmarks.md).
+    threads: int = 1
     deterministic: bool = True
     log_every: int = 10
 

@@ -106,7 +106,6 @@ def _trainer(parts: Parts, cfg: DictConfig, max_steps: int, callbacks: list) -> 
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        gradient_clip_val=cfg.optim.grad_clip,
         num_sanity_val_steps=0,
         limit_val_batches=0,
         deterministic=cfg.trainer.deterministic and parts.device.type == "cpu",
@@ -133,6 +132,7 @@ class Experiment:
         self.sinks = Sinks(sinks)
         self.stop = StopFlag()
         self.arm_results: dict[str, dict] = {}
+        self.fresh_diverged: dict[str, str] = {}  # phase index -> divergence message of its fresh learner
         self.train_seconds = self.eval_seconds = 0.0
         self.train_tokens = 0
 
@@ -188,7 +188,6 @@ class Experiment:
                         module, stream_loader(self.stream, first, end))
                 except DivergenceError as e:
                     diverged = str(e)
-                    print(f"warning: arm '{unit}' diverged: {diverged}; other arms continue")
         self.train_seconds += time.perf_counter() - t0 - (evaluator.seconds - eval0)
         self.eval_seconds += evaluator.seconds - eval0
         self.train_tokens += (end - first) * self.stream.batch_size * self.stream.seq_len
@@ -202,8 +201,12 @@ class Experiment:
         path = self.rundir.checkpoints / f"{unit}.pt"
         return load_checkpoint(path, self.parts.device) if self.resume else None
 
-    def _arm_summary(self, strategy: str, evaluator: Evaluator) -> dict:
+    def _arm_summary(self, strategy: str, evaluator: Evaluator, diverged: str | None = None) -> dict:
+        """A diverged arm has R rows only for the phases it finished: the rows it never reached are None,
+        and so is everything read from the last row (final KL, forgetting, BWT), rather than numbers
+        taken from an earlier phase that would pass for the end of the stream."""
         R = [evaluator.R[i] for i in sorted(evaluator.R)]
+        n = len(self.stream.phases)
         summary = {
             "strategy": strategy,
             "R_kl_bits": R,
@@ -220,6 +223,13 @@ class Experiment:
             summary["auc_kl"].append(auc_kl(steps, kls) if curve else None)
             summary["steps_to_threshold"].append(
                 steps_to_threshold(steps, kls, self.cfg.eval.threshold_bits, p.start) if curve else None)
+        if diverged:
+            missing = n - len(R)
+            summary.update(R_kl_bits=R + [[None] * n for _ in range(missing)], final_kl_bits=None,
+                           final_current_kl_bits=None, forgetting_bits=None, bwt_bits=None,
+                           auc_kl=summary["auc_kl"] + [None] * missing,
+                           steps_to_threshold=summary["steps_to_threshold"] + [None] * missing,
+                           diverged=diverged)
         return summary
 
     # ------------------------------------------------------------------ the protocol
@@ -270,9 +280,9 @@ class Experiment:
             self.eval_seconds += evaluator.seconds - eval0
         else:
             diverged = self._fit(arm, model, start, end, evaluator, cfg.optim.online_lr, "constant", 0, strategy)
-        result = self._arm_summary(strategy.name, evaluator)
         if diverged:
-            result["diverged"] = diverged
+            print(f"warning: arm '{arm}' diverged: {diverged}; other arms continue", file=sys.stderr)
+        result = self._arm_summary(strategy.name, evaluator, diverged)
         self.arm_results[arm] = result
         self._finish_unit(arm, {"model": model.state_dict(), "result": result})
 
@@ -284,13 +294,19 @@ class Experiment:
             done = self._done(unit)
             if done is not None:
                 diag[i] = done["kl_bits"]
+                if done.get("diverged"):
+                    self.fresh_diverged[str(i)] = done["diverged"]
                 continue
             model = self.parts.new_model(cfg.seed + 1000 * i).to(self.parts.device)
             evaluator = self._evaluator("fresh", p.start, p.end, None, "init")
             evaluator.banks, evaluator.curves = {i: self.banks[i]}, {i: []}
-            self._fit(unit, model, p.start, p.end, evaluator, cfg.optim.lr, cfg.optim.schedule, cfg.optim.warmup_steps)
-            diag[i] = evaluator.R.get(i, [math.nan])[0]
-            self._finish_unit(unit, {"model": model.state_dict(), "kl_bits": diag[i]})
+            diverged = self._fit(unit, model, p.start, p.end, evaluator, cfg.optim.lr, cfg.optim.schedule,
+                                 cfg.optim.warmup_steps)
+            diag[i] = evaluator.R.get(i, [math.nan])[0]  # NaN (null in summary.json) when it diverged
+            self._finish_unit(unit, {"model": model.state_dict(), "kl_bits": diag[i], "diverged": diverged})
+            if diverged:
+                print(f"warning: the fresh learner of phase {i} diverged: {diverged}", file=sys.stderr)
+                self.fresh_diverged[str(i)] = diverged
         return diag
 
     def _drop_rows_after_checkpoints(self) -> None:
@@ -385,8 +401,12 @@ class Experiment:
         for i, v in diag.items():
             fresh_R[i][i] = v
         for res in self.arm_results.values():
-            res["plasticity_gap_bits"] = [None] + list(plasticity_gap_bits(res["R_kl_bits"], fresh_R)[1:])
+            reached = [row for row in res["R_kl_bits"] if None not in row]  # a diverged arm's rows stop early
+            gap = [None] + list(plasticity_gap_bits(reached, fresh_R)[1:])
+            res["plasticity_gap_bits"] = gap + [None] * (n - len(gap))
         self.arm_results["fresh"] = {"strategy": "fresh", "kl_bits_by_phase": {str(i): v for i, v in diag.items()}}
+        if self.fresh_diverged:
+            self.arm_results["fresh"]["diverged"] = dict(self.fresh_diverged)
 
 
 def run(cfg: DictConfig, run_dir: Path | str | None = None, sinks: list[RunSink] | None = None) -> dict:

@@ -172,9 +172,19 @@ class WindTunnelModule(pl.LightningModule):
         return loss
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        # The gradient-norm probe reads this (before clipping: the raw signal is what we want to see).
-        sq = [p.grad.detach().float().pow(2).sum() for p in self.model.parameters() if p.grad is not None]
-        self.last_grad_norm = float(torch.stack(sq).sum().sqrt()) if sq else 0.0
+        # Clipping here (not by the Trainer) yields the pre-clip norm for free: the gradient-norm probe
+        # reads it at evaluations. Runs after the strategies' hooks (SI reads the raw task gradient there).
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if params:
+            self._grad_norm = torch.nn.utils.clip_grad_norm_(params, self.optim.grad_clip)
+
+    @property
+    def last_grad_norm(self) -> float:
+        return float(self._grad_norm)
+
+    @last_grad_norm.setter
+    def last_grad_norm(self, value: float) -> None:
+        self._grad_norm = torch.tensor(float(value))
 
     # ------------------------------------------------------------------ optimizer
     def configure_optimizers(self):

@@ -13,7 +13,8 @@ standard deviation (n − 1; blank for n = 1):
     auc_kl_bits      mean over the phases after pretraining of the time-averaged KL while training on it
     plasticity_gap_bits  mean over phases of R[i][i] − fresh learner's R[i][i] (runs with fresh=true)
 
-Failed trials come from each sweep's sweep_index.json; runs without summary.json are listed as incomplete.
+Failed trials come from each sweep's sweep_index.json; runs without summary.json are listed as incomplete;
+arms that diverged (NaN/Inf, `diverged` in the summary) are listed with their message and add no values.
 The table is printed (Rich) and written as report.md and report.csv (`--out`, default the first DIR).
 """
 
@@ -35,7 +36,7 @@ import yaml
 from plasticity.config import ConfigError
 
 INDEX_NAME = "sweep_index.json"
-NOT_A_SETTING = ("seed", "run", "git_commit", "progress", "plots", "logger", "trainer", "description", "arms")
+NOT_A_SETTING = ("seed", "run", "git_commit", "progress", "plots", "logger", "trainer", "description")
 METRICS = ("final_kl_bits", "bwt_bits", "forgetting_bits", "auc_kl_bits", "plasticity_gap_bits")
 ALWAYS = METRICS[:4]  # plasticity_gap_bits only when some run has it
 SKIP_ARMS = ("fresh",)  # the fresh-learner yardstick has no R matrix of its own
@@ -149,13 +150,19 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, str]:
     return {prefix.rstrip("."): json.dumps(d, sort_keys=True)}
 
 
+def config_setting(config: dict, drop: tuple[str, ...] = ()) -> dict[str, str]:
+    """The config minus what does not change the experiment (seed, paths, logging, hardware), flattened:
+    runs with equal settings are seeds of one another."""
+    return _flatten({k: v for k, v in config.items() if k not in NOT_A_SETTING + drop})
+
+
 def setting(config: dict, arm: str) -> dict[str, str]:
-    """The config that defines a row: no seed, paths or logging; of the arms only this arm's entry."""
-    keep = {k: v for k, v in config.items() if k not in NOT_A_SETTING}
+    """The config that defines a row: the setting, with only this arm's entry of the arms."""
+    keep = config_setting(config, drop=("arms",))
     arms = config.get("arms")
     if isinstance(arms, dict) and isinstance(arms.get(arm), dict):
-        keep["arm"] = arms[arm]
-    return _flatten(keep)
+        keep.update(_flatten({"arm": arms[arm]}))
+    return keep
 
 
 def build_rows(runs: list[Run]) -> list[Row]:
@@ -191,6 +198,16 @@ def _short(text: str) -> str:
     return text if not isinstance(value, (str, int, float)) else str(value)
 
 
+def diverged_arms(runs: list[Run]) -> list[tuple[str, str, str]]:
+    """(run directory, arm, message) for every arm whose summary says it diverged."""
+    out = []
+    for run in runs:
+        for arm, res in ((run.summary or {}).get("arms") or {}).items():
+            if isinstance(res, dict) and res.get("diverged"):
+                out.append((str(run.path), arm, str(res["diverged"])))
+    return out
+
+
 def failed_trials(indexes: list[Path]) -> list[dict]:
     out = []
     for path in indexes:
@@ -218,7 +235,8 @@ def columns(rows: list[Row]) -> list[str]:
     return [m for m in METRICS if m in ALWAYS or any(m in r.values for r in rows)]
 
 
-def markdown(rows: list[Row], metrics: list[str], failed: list[dict], incomplete: list[Run], plots: list[str]) -> str:
+def markdown(rows: list[Row], metrics: list[str], failed: list[dict], incomplete: list[Run], plots: list[str],
+             diverged: list[tuple[str, str, str]] = ()) -> str:
     lines = ["# plasticity report", "",
              "Mean ± sample std over the runs (seeds) of each row; n = runs. KL in bits per scored token; "
              "+ = worse for BWT, forgetting and the plasticity gap.", ""]
@@ -233,6 +251,9 @@ def markdown(rows: list[Row], metrics: list[str], failed: list[dict], incomplete
             err = t.get("error") or {}
             lines.append(f"- `{t.get('name')}` ({_overrides(t)}): {err.get('type')}: {err.get('message')} "
                          f"— log `{t.get('log')}`")
+    if diverged:
+        lines += ["", "## Diverged arms", ""]
+        lines += [f"- `{path}` arm `{arm}`: {message}" for path, arm, message in diverged]
     if incomplete:
         lines += ["", "## Incomplete runs", ""]
         lines += [f"- `{run.path}`: {run.problem}" for run in incomplete]
@@ -260,7 +281,8 @@ def csv_text(rows: list[Row], metrics: list[str]) -> str:
     return buf.getvalue()
 
 
-def print_table(rows: list[Row], metrics: list[str], failed: list[dict], incomplete: list[Run]) -> None:
+def print_table(rows: list[Row], metrics: list[str], failed: list[dict], incomplete: list[Run],
+                diverged: list[tuple[str, str, str]] = ()) -> None:
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
@@ -279,15 +301,18 @@ def print_table(rows: list[Row], metrics: list[str], failed: list[dict], incompl
         err = t.get("error") or {}
         console.print(f"failed trial {t.get('name')} ({_overrides(t)}): {err.get('type')}: {err.get('message')}",
                       markup=False)
+    for path, arm, message in diverged:
+        console.print(f"diverged arm {arm} in {path}: {message}", markup=False)
     for run in incomplete:
         console.print(f"incomplete run {run.path}: {run.problem}", markup=False)
 
 
 def _plots(complete: list[Run], out: Path, notes: list[str]) -> list[str]:
     try:
-        from plasticity.plots import make_plots, plot_sweep
+        from plasticity.plots import make_plots
+        from plasticity.sweep_plots import plot_sweep
     except ImportError as e:
-        notes.append(f"plots skipped: plasticity.plots is not available ({e})")
+        notes.append(f"plots skipped: plotting is not available ({e})")
         return []
     paths: list[str] = []
     try:
@@ -318,13 +343,15 @@ def report(dirs: list[str | Path], out: str | Path | None = None, plots: bool = 
     out.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
     figures = _plots(complete, out.resolve(), notes) if plots and complete else []
-    print_table(rows, metrics, failed, incomplete)
+    diverged = diverged_arms(complete)
+    print_table(rows, metrics, failed, incomplete, diverged)
     from plasticity.rundir import atomic_write_text
 
-    atomic_write_text(out / "report.md", markdown(rows, metrics, failed, incomplete, figures))
+    atomic_write_text(out / "report.md", markdown(rows, metrics, failed, incomplete, figures, diverged))
     atomic_write_text(out / "report.csv", csv_text(rows, metrics))
     for note in notes:
         echo(note)
-    echo(f"{len(complete)} runs, {len(rows)} rows, {len(failed)} failed trials, {len(incomplete)} incomplete; "
+    echo(f"{len(complete)} runs, {len(rows)} rows, {len(failed)} failed trials, {len(diverged)} diverged arms, "
+         f"{len(incomplete)} incomplete; "
          f"wrote {out / 'report.md'} and {out / 'report.csv'}")
     return 0

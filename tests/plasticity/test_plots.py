@@ -14,13 +14,13 @@ from plasticity.config import load_config
 from plasticity.plots import (
     kl_curves,
     make_plots,
-    plot_sweep,
     probe_series,
     r_from_rows,
     r_matrix_figure,
     save,
 )
 from plasticity.rundir import read_jsonl
+from plasticity.sweep_plots import plot_sweep
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 RUN_FIGURES = {"kl_curves.png", "r_matrix.png", "calibration.png", "probes.png"}

@@ -134,6 +134,7 @@ def test_plots_are_called_or_skipped_with_a_note(runs, monkeypatch, capsys):
     calls = []
     fake = types.ModuleType("plasticity.plots")
     fake.make_plots = lambda run_dir: calls.append(("run", Path(run_dir).name)) or []
+    fake_sweep = types.ModuleType("plasticity.sweep_plots")
 
     def plot_sweep(run_dirs, out_dir):
         calls.append(("sweep", len(run_dirs)))
@@ -141,8 +142,9 @@ def test_plots_are_called_or_skipped_with_a_note(runs, monkeypatch, capsys):
         (Path(out_dir) / "sweep_final_kl.png").write_bytes(b"png")
         return [Path(out_dir) / "sweep_final_kl.png"]
 
-    fake.plot_sweep = plot_sweep
+    fake_sweep.plot_sweep = plot_sweep
     monkeypatch.setitem(sys.modules, "plasticity.plots", fake)
+    monkeypatch.setitem(sys.modules, "plasticity.sweep_plots", fake_sweep)
     assert main(["report", str(root)]) == 0
     assert ("sweep", 4) in calls and sum(kind == "run" for kind, _ in calls) == 4  # runs without plots/
     assert "![sweep_final_kl](plots/sweep_final_kl.png)" in (root / "report.md").read_text()
