@@ -82,18 +82,20 @@ def _python_state_from_list(s) -> tuple:
 class Checkpointer(pl.Callback):
     """Saves the fit's state every `every` stream steps (0: never) and when the stop flag is set.
 
-    Registered last, so the state it saves includes this step's evaluation and strategy updates."""
+    Registered last, so the state it saves includes this step's evaluation and strategy updates. Under DDP
+    the stop request is reduced over the processes (all stop at the same step) and only rank 0 writes."""
 
-    def __init__(self, path: Path, every: int, end: int, evaluator, strategy, stop: StopFlag):
+    def __init__(self, path: Path, every: int, end: int, evaluator, strategy, stop: StopFlag, write: bool = True):
         self.path, self.every, self.end = path, every, end
-        self.evaluator, self.strategy, self.stop = evaluator, strategy, stop
+        self.evaluator, self.strategy, self.stop, self.write = evaluator, strategy, stop, write
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = pl_module.stream_step
         due = self.every > 0 and step % self.every == 0 and step < self.end
-        if due or self.stop.requested:
+        stop = trainer.strategy.reduce_boolean_decision(self.stop.requested, all=False)
+        if (due or stop) and self.write:
             self.save(trainer, pl_module)
-        if self.stop.requested and step < self.end:
+        if stop and step < self.end:
             raise Preempted(f"stopped by SIGTERM at step {step}; checkpoint written to {self.path}")
 
     def save(self, trainer, module) -> None:

@@ -31,6 +31,9 @@ def _print_table(summary: dict) -> None:
     table.add_column("BWT (+ = worse)", justify="right")
     arms = {a: r for a, r in summary["arms"].items() if "R_kl_bits" in r}
     for arm, res in arms.items():
+        if res.get("diverged"):
+            table.add_row(arm, *("diverged" if j == 0 else "-" for j in range(len(phases) + 3)))
+            continue
         last = res["R_kl_bits"][-1]
         forgetting = res["forgetting_bits"]
         table.add_row(
@@ -38,6 +41,10 @@ def _print_table(summary: dict) -> None:
             f"{max(forgetting):.4f}" if forgetting else "-", f"{res['bwt_bits']:+.4f}",
         )
     console.print(table)
+    for arm, res in summary["arms"].items():
+        if res.get("diverged"):
+            console.print(f"arm {arm} diverged: {res['diverged']}", markup=False)
+    arms = {a: r for a, r in arms.items() if not r.get("diverged")}
     if len(arms) > 1:
         for j, p in enumerate(phases):
             best = min(arms, key=lambda a: arms[a]["R_kl_bits"][-1][j])
@@ -131,8 +138,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     return report(args.dirs, args.out, plots=not args.no_plots)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Command-line mistakes too are one line and exit status 2 (argparse would print its usage first)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_CONFIG, f"error: {self.prog}: {one_line(message)} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="plasticity", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="plasticity", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run an experiment (default: the default experiment)")
     run.add_argument("experiment", nargs="?", help="a name under configs/experiment or a YAML file")
@@ -169,8 +183,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
         return EXIT_CONFIG
+    except Exception as e:
+        from plasticity.module import DivergenceError  # loaded already by any run that can raise it
+
+        if not isinstance(e, DivergenceError):  # pretraining diverged: no arm can fork from it
+            raise
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
+        return 1
+
+
+def one_line(text: str) -> str:
+    """Line breaks and control characters (from a user's key or value) escaped: the message stays one line."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ groups named by string are replaced by their YAML (`configs/<group>/<name>.yaml`
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import math
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -16,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from omegaconf.nodes import BooleanNode
 
 from plasticity.models import ModelConfig
 from streams.stream import StreamSpec
@@ -52,6 +55,8 @@ class TrainerConfig:
     threads: int = 1
     deterministic: bool = True
     log_every: int = 10
+    devices: int = 1  # processes (CPU) or GPUs; > 1 runs Lightning DDP (plasticity.distributed)
+    strategy: str = "auto"  # auto (DDP when devices > 1) | ddp
 
 
 @dataclass
@@ -113,11 +118,41 @@ CHOICES = {
     "loss": ("sampled", "posterior"),
     "optim.schedule": ("cosine", "constant"),
     "trainer.accelerator": ("auto", "cpu", "cuda"),
+    "trainer.strategy": ("auto", "ddp"),
+    "model.mlp_input": ("onehot", "embed"),
 }
 OPTIONAL_CHOICES = {"logger.wandb.mode": ("online", "offline", "disabled")}
-POSITIVE = ("optim.lr", "optim.online_lr", "eval.every", "eval.batch_size", "optim.grad_clip")
-NON_NEGATIVE = ("run.checkpoint_every", "optim.weight_decay", "optim.warmup_steps", "trainer.threads", "eval.tau",
-                "optim.min_lr_ratio")
+MAX_SEED = 2**31 - 1  # arms and fresh learners derive their seeds from it; Lightning takes uint32
+MAX_LAYERS, MAX_WIDTH = 1024, 2**20  # sanity bounds: validation builds the model (on the meta device)
+# key: (low, high, what the message says); inclusive bounds unless listed in OPEN_*, every value finite
+RANGES: dict[str, tuple[float, float, str]] = {
+    "seed": (0, MAX_SEED, f"an integer in [0, {MAX_SEED}]"),
+    "optim.lr": (0, math.inf, "> 0"),
+    "optim.online_lr": (0, math.inf, "> 0"),
+    "optim.grad_clip": (0, math.inf, "> 0"),
+    "optim.weight_decay": (0, math.inf, ">= 0"),
+    "optim.warmup_steps": (0, math.inf, ">= 0"),
+    "optim.min_lr_ratio": (0, 1, "in [0, 1]"),
+    "optim.beta1": (0, 1, "in [0, 1)"),
+    "optim.beta2": (0, 1, "in [0, 1)"),
+    "eval.every": (1, math.inf, "> 0"),
+    "eval.batch_size": (1, math.inf, "> 0"),
+    "eval.tau": (0, math.inf, ">= 0"),
+    "eval.threshold_bits": (0, math.inf, ">= 0"),
+    "run.checkpoint_every": (0, math.inf, ">= 0"),
+    "trainer.threads": (0, 1024, "an integer in [0, 1024]"),
+    "trainer.log_every": (1, math.inf, ">= 1"),
+    "trainer.devices": (1, 1024, "an integer in [1, 1024]"),
+    "model.n_layers": (1, MAX_LAYERS, f"in [1, {MAX_LAYERS}]"),
+    "model.depth": (1, MAX_LAYERS, f"in [1, {MAX_LAYERS}]"),
+    "model.d_model": (1, MAX_WIDTH, f"in [1, {MAX_WIDTH}]"),
+    "model.d_ff": (1, MAX_WIDTH, f"in [1, {MAX_WIDTH}]"),
+    "model.hidden": (1, MAX_WIDTH, f"in [1, {MAX_WIDTH}]"),
+    "model.n_heads": (1, MAX_WIDTH, f"in [1, {MAX_WIDTH}]"),
+    "model.dropout": (0, 1, "in [0, 1)"),
+}
+OPEN_BELOW = ("optim.lr", "optim.online_lr", "optim.grad_clip")
+OPEN_ABOVE = ("optim.beta1", "optim.beta2", "model.dropout")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -233,6 +268,7 @@ def load_config(experiment: str | None = None, overrides: list[str] | None = Non
             raw["arms"] = [value] if isinstance(value, str) else value
     raw = _resolve_groups(raw)
     schema = OmegaConf.structured(ExperimentConfig)
+    _strict_bools(raw, schema)
     try:
         cfg = OmegaConf.merge(schema, raw)
     except OmegaConfBaseException as e:
@@ -245,7 +281,30 @@ def load_config(experiment: str | None = None, overrides: list[str] | None = Non
                 raise ConfigError(f"{key}: 'strategy.*' needs exactly one arm; use arms.<arm>.{key[9:]}")
             key = f"arms.{next(iter(cfg.arms))}.{key[9:]}"
         _apply_override(cfg, key, value)
+    try:  # interpolations (${seed}) resolve now, so a dangling one is a config error and not a crash later
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as e:
+        raise ConfigError(_format_error(e)) from None
     return cfg
+
+
+def _strict_bools(raw: Any, node: Any, path: str = "") -> None:
+    """OmegaConf reads any integer as a bool (`fresh=-1` is true); a true/false key takes true or false."""
+    if isinstance(node, ListConfig) and isinstance(raw, list):
+        schema = node._metadata.element_type
+        if dataclasses.is_dataclass(schema):
+            for i, item in enumerate(raw):
+                _strict_bools(item, OmegaConf.structured(schema), f"{path}{i}.")
+        return
+    if not isinstance(node, DictConfig) or _free_form(node) or not isinstance(raw, dict):
+        return
+    for key, value in raw.items():
+        if not isinstance(key, str) or key not in node:
+            continue  # unknown keys are the merge's to report
+        child = node._get_node(key)
+        if isinstance(child, BooleanNode) and not isinstance(value, bool) and value is not None:
+            raise ConfigError(f"{path}{key}={value!r}: must be true or false")
+        _strict_bools(value, child, f"{path}{key}.")
 
 
 def _free_form(node: Any) -> bool:
@@ -261,6 +320,8 @@ def _apply_override(cfg: DictConfig, key: str, value: Any) -> None:
     last = parts[-1]
     if isinstance(node, DictConfig) and not _free_form(node) and last not in node:
         raise ConfigError(_unknown_key(key, last, list(node.keys())))
+    if isinstance(node, DictConfig) and last in node:
+        _strict_bools({last: value}, node, key[: len(key) - len(last)])
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # OmegaConf's int -> float notice
@@ -310,12 +371,12 @@ def validate(cfg: DictConfig) -> None:
     for key, allowed in OPTIONAL_CHOICES.items():
         if _get(cfg, key) is not None and _get(cfg, key) not in allowed:
             raise ConfigError(f"{key}={_get(cfg, key)!r}: must be one of {', '.join(allowed)} (or unset)")
-    for key in POSITIVE:
-        if not _get(cfg, key) > 0:
-            raise ConfigError(f"{key}={_get(cfg, key)!r}: must be > 0")
-    for key in NON_NEGATIVE:
-        if not _get(cfg, key) >= 0:
-            raise ConfigError(f"{key}={_get(cfg, key)!r}: must be >= 0")
+    for key, (low, high, allowed) in RANGES.items():
+        v = _get(cfg, key)
+        ok = math.isfinite(v) and low <= v <= high
+        ok = ok and (key not in OPEN_BELOW or v > low) and (key not in OPEN_ABOVE or v < high)
+        if not ok:
+            raise ConfigError(f"{key}={v!r}: must be {allowed}")
     if cfg.eval.size is not None and cfg.eval.size < 1:
         raise ConfigError(f"eval.size={cfg.eval.size}: must be >= 1")
     from plasticity.experiment import build_parts  # late import: the experiment imports this module
@@ -324,8 +385,8 @@ def validate(cfg: DictConfig) -> None:
         build_parts(cfg)
     except ConfigError:
         raise
-    except (ValueError, TypeError, KeyError) as e:
-        raise ConfigError(str(e).splitlines()[0]) from None
+    except (ValueError, TypeError, KeyError, ArithmeticError, IndexError) as e:
+        raise ConfigError((str(e).splitlines() or [type(e).__name__])[0]) from None
 
 
 def to_container(cfg: DictConfig) -> dict:

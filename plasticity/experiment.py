@@ -28,6 +28,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from plasticity import distributed
 from plasticity.checkpointing import Checkpointer, StopFlag, load_checkpoint
 from plasticity.config import ConfigError, ExperimentConfig, to_container, validate
 from plasticity.continual_metrics import auc_kl, bwt_bits, forgetting_bits, plasticity_gap_bits, steps_to_threshold
@@ -45,7 +46,8 @@ PRETRAIN_ARM = "pretrain"
 PRETRAIN_UNIT = "pretrained"  # checkpoints/pretrained.pt: the shared phase-0 weights
 
 # Lightning's banner lines (GPU available, tips) would drown the run's own output.
-logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+for _name in ("pytorch_lightning", "lightning_fabric"):  # fabric: DDP's "Initializing distributed" lines
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 
 @dataclass
@@ -72,7 +74,8 @@ def build_parts(cfg: DictConfig) -> Parts:
         raise ConfigError(msg if msg.startswith("stream") else f"stream: {msg}") from None
     try:
         model_cfg = ModelConfig(**to_container(cfg.model))
-        build_model(model_cfg, stream.vocab_size, stream.max_seq_len)
+        with torch.device("meta"):  # shapes only: as cheap for a huge model as for a tiny one
+            build_model(model_cfg, stream.vocab_size, stream.max_seq_len)
     except ValueError as e:
         msg = str(e)
         raise ConfigError(msg if msg.startswith("model") else f"model: {msg}") from None
@@ -82,10 +85,17 @@ def build_parts(cfg: DictConfig) -> Parts:
             raise ConfigError(f"arms.{arm}: '{arm}' is reserved; give the arm another name")
     if len(stream.phases) > 1 and not strategies:
         raise ConfigError("arms: a stream with several phases needs at least one arm (e.g. arms=[frozen,naive])")
+    problem = distributed.check(cfg, strategies)
+    if problem:
+        raise ConfigError(problem)
     accel = cfg.trainer.accelerator
     if accel == "cuda" and not torch.cuda.is_available():
         raise ConfigError("trainer.accelerator=cuda: no CUDA device is available here; use auto or cpu")
     device = torch.device("cuda" if accel in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    if device.type == "cuda" and distributed.enabled(cfg):
+        if cfg.trainer.devices > torch.cuda.device_count():
+            raise ConfigError(f"trainer.devices={cfg.trainer.devices}: only {torch.cuda.device_count()} GPUs here")
+        device = torch.device("cuda", distributed.rank(cfg))
     return Parts(stream, strategies, device, model_cfg)
 
 
@@ -97,11 +107,12 @@ def default_run_dir(cfg: DictConfig) -> Path:
 
 
 def _trainer(parts: Parts, cfg: DictConfig, max_steps: int, callbacks: list) -> pl.Trainer:
-    return pl.Trainer(
+    return distributed.without_lightning_sigterm(pl.Trainer(
         max_steps=max_steps,
         max_epochs=1,
         accelerator="gpu" if parts.device.type == "cuda" else "cpu",
-        devices=1,
+        devices=distributed.world_size(cfg),
+        strategy=distributed.trainer_strategy(cfg, parts.device.type),
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -110,7 +121,7 @@ def _trainer(parts: Parts, cfg: DictConfig, max_steps: int, callbacks: list) -> 
         limit_val_batches=0,
         deterministic=cfg.trainer.deterministic and parts.device.type == "cpu",
         callbacks=callbacks,
-    )
+    ), cfg)
 
 
 def _state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -126,7 +137,8 @@ class Experiment:
         self.cfg = cfg
         self.parts = build_parts(cfg)
         self.stream = self.parts.stream
-        self.rundir = RunDir(run_dir or default_run_dir(cfg))
+        self.rank, self.world = distributed.rank(cfg), distributed.world_size(cfg)
+        self.rundir = RunDir(run_dir or default_run_dir(cfg), read_only=self.rank > 0)  # rank 0 writes
         self.resume = resume
         self.progress = RunProgress(enabled=cfg.progress)
         self.sinks = Sinks(sinks)
@@ -176,7 +188,7 @@ class Experiment:
         if strategy is not None:
             callbacks.append(strategy)
         callbacks.append(Checkpointer(self._ckpt(unit), self.cfg.run.checkpoint_every, end, evaluator, strategy,
-                                      self.stop))
+                                      self.stop, write=not self.rundir.read_only))
         t0, eval0 = time.perf_counter(), evaluator.seconds
         diverged = None
         if first < end:
@@ -185,7 +197,7 @@ class Experiment:
                     warnings.filterwarnings("ignore", pattern)
                 try:
                     _trainer(self.parts, self.cfg, end - first, callbacks).fit(
-                        module, stream_loader(self.stream, first, end))
+                        module, stream_loader(self.stream, first, end, self.rank, self.world))
                 except DivergenceError as e:
                     diverged = str(e)
         self.train_seconds += time.perf_counter() - t0 - (evaluator.seconds - eval0)
@@ -194,6 +206,8 @@ class Experiment:
         return diverged
 
     def _finish_unit(self, unit: str, payload: dict) -> None:
+        if self.rundir.read_only:
+            return
         atomic_torch_save(payload, self.rundir.checkpoints / f"{unit}.pt")
         self._ckpt(unit).unlink(missing_ok=True)
 
@@ -280,7 +294,7 @@ class Experiment:
             self.eval_seconds += evaluator.seconds - eval0
         else:
             diverged = self._fit(arm, model, start, end, evaluator, cfg.optim.online_lr, "constant", 0, strategy)
-        if diverged:
+        if diverged and self.rank == 0:
             print(f"warning: arm '{arm}' diverged: {diverged}; other arms continue", file=sys.stderr)
         result = self._arm_summary(strategy.name, evaluator, diverged)
         self.arm_results[arm] = result
@@ -305,7 +319,8 @@ class Experiment:
             diag[i] = evaluator.R.get(i, [math.nan])[0]  # NaN (null in summary.json) when it diverged
             self._finish_unit(unit, {"model": model.state_dict(), "kl_bits": diag[i], "diverged": diverged})
             if diverged:
-                print(f"warning: the fresh learner of phase {i} diverged: {diverged}", file=sys.stderr)
+                if self.rank == 0:
+                    print(f"warning: the fresh learner of phase {i} diverged: {diverged}", file=sys.stderr)
                 self.fresh_diverged[str(i)] = diverged
         return diag
 
@@ -327,12 +342,13 @@ class Experiment:
 
         rows = self.rundir.metrics()
         kept = [r for r in rows if r["step"] <= limit(unit(r))]
-        if len(kept) != len(rows):
+        if len(kept) != len(rows) or self.rundir.metrics_torn():
             self.rundir.rewrite_metrics(kept)
 
     def run(self) -> dict:
         try:
-            return self._run()
+            with distributed.launch(self.cfg, self.rundir.path, self.resume):  # DDP: the other ranks
+                return self._run()
         except BaseException:
             self.sinks.call("close")  # finish wandb runs even when the run dies; the run dir has the data
             raise
@@ -341,7 +357,8 @@ class Experiment:
         t_start = time.perf_counter()
         cfg = self.cfg
         if self.resume:
-            self._drop_rows_after_checkpoints()
+            if not self.rundir.read_only:
+                self._drop_rows_after_checkpoints()
         else:
             self.rundir.create(to_container(cfg))
         self.sinks.call("on_start", to_container(cfg), str(self.rundir.path))

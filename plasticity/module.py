@@ -55,21 +55,24 @@ def lr_lambda(schedule: str, warmup: int, total: int, min_ratio: float):
 
 
 class StreamSteps(IterableDataset):
-    """The stream's training batches for global steps [start, end), generated on the fly."""
+    """The stream's training batches for global steps [start, end), generated on the fly. Under DDP, rank r
+    of n takes sequences r, r+n, ... of each step's batch: together the ranks train on the whole batch."""
 
-    def __init__(self, stream: Stream, start: int, end: int):
+    def __init__(self, stream: Stream, start: int, end: int, rank: int = 0, world: int = 1):
         self.stream, self.start, self.end = stream, start, end
+        self.rank, self.world = rank, world
 
     def __len__(self) -> int:
         return self.end - self.start
 
     def __iter__(self):
         for step in range(self.start, self.end):
-            yield self.stream.batch(step)
+            batch = self.stream.batch(step)
+            yield batch if self.world == 1 else batch[self.rank :: self.world]
 
 
-def stream_loader(stream: Stream, start: int, end: int) -> DataLoader:
-    return DataLoader(StreamSteps(stream, start, end), batch_size=None, num_workers=0)
+def stream_loader(stream: Stream, start: int, end: int, rank: int = 0, world: int = 1) -> DataLoader:
+    return DataLoader(StreamSteps(stream, start, end, rank, world), batch_size=None, num_workers=0)
 
 
 class WindTunnelModule(pl.LightningModule):
@@ -162,9 +165,14 @@ class WindTunnelModule(pl.LightningModule):
             if extra is not None:
                 loss = loss + extra
         value = float(loss.detach())
-        if not math.isfinite(value) or not torch.isfinite(logits.detach()).all():
+        local = not math.isfinite(value) or not bool(torch.isfinite(logits.detach()).all())
+        bad = local
+        if self._trainer is not None:  # DDP: every process stops at the same step, whichever saw the NaN
+            bad = self._trainer.strategy.reduce_boolean_decision(local, all=False)
+        if bad:
+            what = "loss" if not math.isfinite(value) else "logits" if local else "loss or logits in another process"
             raise DivergenceError(
-                f"non-finite {'loss' if not math.isfinite(value) else 'logits'} at step {self.stream_step}, "
+                f"non-finite {what} at step {self.stream_step}, "
                 f"phase {self.current_phase}; last finite loss {self.last_finite_loss}"
             )
         self.last_loss = self.last_finite_loss = value

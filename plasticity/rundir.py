@@ -39,9 +39,11 @@ def atomic_write_text(path: Path, text: str) -> None:
 def atomic_torch_save(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
     try:
-        torch.save(obj, tmp)
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())  # the data are on disk before the rename makes them the checkpoint
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -88,8 +90,11 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 class RunDir:
-    def __init__(self, path: Path):
+    """`read_only`: the run directory of DDP ranks other than 0, which compute everything and write nothing."""
+
+    def __init__(self, path: Path, read_only: bool = False):
         self.path = Path(path)
+        self.read_only = read_only
         self.checkpoints = self.path / "checkpoints"
         self.metrics_path = self.path / "metrics.jsonl"
         self.summary_path = self.path / "summary.json"
@@ -97,6 +102,8 @@ class RunDir:
         self.plots = self.path / "plots"
 
     def create(self, config: dict) -> None:
+        if self.read_only:
+            return
         self.path.mkdir(parents=True, exist_ok=True)
         self.checkpoints.mkdir(exist_ok=True)
         config = dict(config)
@@ -104,7 +111,7 @@ class RunDir:
         atomic_write_text(self.config_path, yaml.safe_dump(_clean(config), sort_keys=False))
 
     def append_metrics(self, rows: list[dict]) -> None:
-        if not rows:
+        if not rows or self.read_only:
             return
         text = "".join(json.dumps(_clean(r), allow_nan=False) + "\n" for r in rows)
         with open(self.metrics_path, "a") as f:
@@ -114,12 +121,25 @@ class RunDir:
 
     def rewrite_metrics(self, rows: list[dict]) -> None:
         """Replace metrics.jsonl atomically (used by resume to drop rows past a checkpoint)."""
+        if self.read_only:
+            return
         atomic_write_text(self.metrics_path, "".join(json.dumps(_clean(r), allow_nan=False) + "\n" for r in rows))
 
     def metrics(self) -> list[dict]:
         return read_jsonl(self.metrics_path)
 
+    def metrics_torn(self) -> bool:
+        """metrics.jsonl holds a line that is not a whole row (a write cut short by a crash): rows appended
+        after it would be glued to it, so resume rewrites the file first."""
+        if not self.metrics_path.exists():
+            return False
+        text = self.metrics_path.read_text()
+        lines = [line for line in text.splitlines() if line.strip()]
+        return (bool(text) and not text.endswith("\n")) or len(lines) != len(read_jsonl(self.metrics_path))
+
     def write_summary(self, summary: dict) -> None:
+        if self.read_only:
+            return
         atomic_write_text(self.summary_path, json.dumps(_clean(summary), indent=2, allow_nan=False) + "\n")
 
     def summary(self) -> dict:

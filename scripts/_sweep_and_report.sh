@@ -8,10 +8,14 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 name="$1"
 shift
 OUT="${OUT:-runs/sweeps/$name}"
+prev=""
 for arg in "$@"; do
   case "$arg" in
     --emit-wandb* | --dry-run) exec plasticity sweep "configs/sweep/$name.yaml" --out "$OUT" "$@" ;;
+    --out=*) OUT="${arg#--out=}" ;;
   esac
+  [ "$prev" = "--out" ] && OUT="$arg"
+  prev="$arg"
 done
 status=0
 plasticity sweep "configs/sweep/$name.yaml" --out "$OUT" "$@" || status=$?

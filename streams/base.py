@@ -185,9 +185,16 @@ def make(name: str, **params: Any) -> Family:
 # Validation: one message shape everywhere, "<family>.<param>=<value>: must be <range>".
 
 
+# A sanity bound on every size (vocabulary, length, count): validation builds families, and a typo such as
+# n_symbols=10000000000 must be an error, not an allocation that takes the machine down.
+MAX_SIZE = 2**16
+
+
 def check_int(family: str, param: str, value: Any, low: int, high: float = math.inf) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
-        rng = f">= {low}" if high == math.inf else f"in [{low}, {int(high)}]"
+    bounded = min(high, MAX_SIZE)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= bounded:
+        below = isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value < low
+        rng = f">= {low}" if high == math.inf and below else f"in [{low}, {int(bounded)}]"
         raise ValueError(f"{family}.{param}={value!r}: must be an integer {rng}")
     return int(value)
 

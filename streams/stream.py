@@ -19,7 +19,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from streams.base import Batch, Family, did_you_mean, family_class, make
+from streams.base import MAX_SIZE, Batch, Family, did_you_mean, family_class, make
 
 TRANSITIONS = ("abrupt", "gradual", "cyclic")
 
@@ -84,9 +84,14 @@ class Phase:
 # Validation: every message starts with the key path, "stream.phases[1].steps=0: must be ...".
 
 
-def _int(where: str, value: Any, low: int) -> int:
+MAX_BATCH, MAX_REPEAT, MAX_PHASES = 2**20, 10_000, 100_000  # sanity bounds, like streams.base.MAX_SIZE
+
+
+def _int(where: str, value: Any, low: int, high: float = math.inf) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
         raise ValueError(f"{where}={value!r}: must be an integer >= {low}")
+    if value > high:
+        raise ValueError(f"{where}={value!r}: must be an integer in [{low}, {int(high)}]")
     return int(value)
 
 
@@ -109,7 +114,7 @@ def _fields(where: str, raw: Any, cls: type) -> dict[str, Any]:
 
 
 def _optional_length(where: str, value: Any) -> int | None:
-    return None if value is None else _int(where, value, 1)
+    return None if value is None else _int(where, value, 1, MAX_SIZE)
 
 
 def _seed_generator(*entropy: int) -> torch.Generator:
@@ -133,6 +138,9 @@ class Stream:
         self.vocab_size = max(t.offset + max(t.family.vocab_size, t.eval_family.vocab_size) for t in tasks)
         self.seq_len = max(t.family.seq_len for t in tasks)
         self.max_seq_len = max(self.seq_len, *(t.eval_family.seq_len for t in tasks))
+        for what, value in (("vocabulary", self.vocab_size), ("sequence length", self.max_seq_len)):
+            if value > MAX_SIZE:  # e.g. an HMM header of n_states * (n_states + n_symbols) tokens
+                raise ValueError(f"stream: a {what} of {value} tokens is over the limit of {MAX_SIZE}")
         self._banks: dict[int, Batch] = {}
 
     # --- construction ------------------------------------------------------------------------------
@@ -141,9 +149,9 @@ class Stream:
     def from_spec(cls, spec: StreamSpec | Mapping[str, Any], seed: int = 0, where: str = "stream") -> Stream:
         seed = _int("seed", seed, 0)
         s = _fields(where, spec, StreamSpec)
-        batch_size = _int(f"{where}.batch_size", s["batch_size"], 1)
-        eval_size = _int(f"{where}.eval_size", s["eval_size"], 1)
-        cycles = _int(f"{where}.cycles", s["cycles"], 1)
+        batch_size = _int(f"{where}.batch_size", s["batch_size"], 1, MAX_BATCH)
+        eval_size = _int(f"{where}.eval_size", s["eval_size"], 1, MAX_BATCH)
+        cycles = _int(f"{where}.cycles", s["cycles"], 1, MAX_REPEAT)
         window = _int(f"{where}.window", s["window"], 0)
         transition = s["transition"]
         if transition not in TRANSITIONS:
@@ -162,8 +170,8 @@ class Stream:
             w = f"{where}.phases[{i}]"
             family = _build_family(w, e["family"], e["params"])
             steps = _int(f"{w}.steps", e["steps"], 1)
-            offset = _int(f"{w}.offset", e["offset"], 0)
-            repeat = _int(f"{w}.repeat", e["repeat"], 1)
+            offset = _int(f"{w}.offset", e["offset"], 0, MAX_SIZE)
+            repeat = _int(f"{w}.repeat", e["repeat"], 1, MAX_REPEAT)
             if not isinstance(e["relabel"], bool):
                 raise ValueError(f"{w}.relabel={e['relabel']!r}: must be true or false")
             name = e["name"]
@@ -189,6 +197,8 @@ class Stream:
             seen[t.name] = w
 
         cyclic = transition == "cyclic"
+        if len(tasks) * (cycles if cyclic else 1) > MAX_PHASES:
+            raise ValueError(f"{where}: {len(tasks)} phases x {cycles} cycles: at most {MAX_PHASES} phases")
         phases: list[Phase] = []
         start = 0
         for c in range(cycles if cyclic else 1):

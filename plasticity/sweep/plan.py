@@ -2,8 +2,8 @@
 
 A trial's name is `<experiment>-<first 10 hex of sha256 of the canonical JSON of the resolved config>`,
 leaving out the keys that say where and how a run executes rather than what it computes (`run.*`,
-`progress`, `plots`, `logger.*`, `trainer.threads`): the same config always gets the same name, on any machine
-and from any executor, so a re-run finds its finished trials by name.
+`progress`, `plots`, `logger.*`, `trainer.threads`, `trainer.devices`, `trainer.strategy`): the same config
+always gets the same name, on any machine and from any executor, so a re-run finds its finished trials by name.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 from plasticity.config import ConfigError, load_config, to_container, validate
 from plasticity.sweep.spec import SweepSpec, format_override
 
-EXECUTION_KEYS = ("run", "progress", "plots", "logger", "trainer.threads", "git_commit")
+# trainer.devices/strategy: a DDP run computes the same experiment (within float rounding), like threads
+EXECUTION_KEYS = ("run", "progress", "plots", "logger", "trainer.threads", "trainer.devices", "trainer.strategy",
+                  "git_commit")
 
 
 def _drop(container: dict, dotted: str) -> None:

@@ -3,12 +3,15 @@
 Layout of `<out>` (default `runs/sweeps/<sweep file stem>`): one run directory per trial, named by its
 config hash; `logs/<name>.log` (the trial's stdout and stderr); `sweep_index.json`; `sweep.yaml` (a copy
 of the sweep file); `submitit/` (Slurm job files). Re-running the same command skips trials whose
-`summary.json` exists; an interrupted trial (Ctrl-C, pre-emption: status running/pending in the index)
-continues with `plasticity run --resume`, a failed one starts over (its partial run directory removed).
+`summary.json` exists; an interrupted trial (Ctrl-C, pre-emption: status running/pending in the index; or
+its worker process killed) continues with `plasticity run --resume`, a failed one starts over (its partial
+run directory removed). A run in which an arm diverged is done: its summary records the divergence, the
+index entry lists it under `diverged`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -112,7 +115,17 @@ def interrupted(trial: Trial, old: dict) -> bool:
     if old.get("status") in ("running", "pending"):
         return True
     error = old.get("error") or {}
-    return error.get("type") == "KeyboardInterrupt" or "(preempted)" in str(error.get("message"))
+    # WorkerDied: the process was killed (SIGKILL, the OOM killer); its checkpoints are written atomically
+    return error.get("type") in ("KeyboardInterrupt", "WorkerDied") or "(preempted)" in str(error.get("message"))
+
+
+def diverged_arms(run_dir: Path) -> dict[str, str]:
+    """{arm: divergence message} from a finished run's summary.json (empty when none diverged)."""
+    try:
+        arms = json.loads((Path(run_dir) / "summary.json").read_text()).get("arms") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {arm: str(res["diverged"]) for arm, res in arms.items() if isinstance(res, dict) and res.get("diverged")}
 
 
 def _job(trial: Trial, spec: SweepSpec, out: Path, threads: int, resume: bool) -> dict[str, Any]:
@@ -187,6 +200,8 @@ def _execute(spec: SweepSpec, trials: list[Trial], duplicates: int, out: Path, w
         if (trial.run_dir / "summary.json").is_file():
             entry.update(status="done", seconds=old.get("seconds"), started=old.get("started"),
                          finished=old.get("finished"))
+            if diverged_arms(trial.run_dir):
+                entry["diverged"] = diverged_arms(trial.run_dir)
         else:
             if old.get("status") == "failed":
                 entry["previous_error"] = old.get("error")
@@ -217,9 +232,12 @@ def _execute(spec: SweepSpec, trials: list[Trial], duplicates: int, out: Path, w
 
     def on_done(job: dict, result: dict | None) -> None:
         result = result or {"status": "failed", "error": {"type": "Unknown", "message": "no result"}}
+        extra = {}
+        if result["status"] == "done" and diverged_arms(Path(job["run_dir"])):
+            extra["diverged"] = diverged_arms(Path(job["run_dir"]))
         index.update(job["name"], drop=("previous_error",) if result["status"] == "done" else (),
                      status=result["status"], error=result.get("error"), seconds=result.get("seconds"),
-                     finished=datetime.now().isoformat(timespec="seconds"))
+                     finished=datetime.now().isoformat(timespec="seconds"), **extra)
         finished[0] += 1
         bar.update(index.counts(), finished[0])
 
@@ -242,6 +260,8 @@ def _execute(spec: SweepSpec, trials: list[Trial], duplicates: int, out: Path, w
     for t in index.trials.values():
         if t["status"] == "failed" and t["error"]:
             echo(f"  failed {t['name']}: {t['error']['type']}: {t['error']['message']}  (log: {t['log']})")
+        for arm, message in (t.get("diverged") or {}).items():
+            echo(f"  done with a diverged arm {t['name']}: arm {arm}: {message}")
     return {**index.header, "counts": counts, "trials": list(index.trials.values())}
 
 

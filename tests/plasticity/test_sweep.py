@@ -292,3 +292,88 @@ def test_slurm_resources_map_to_submitit():
     assert minutes(90) == 90 and minutes("01:30:00") == 90 and minutes("45") == 45
     with pytest.raises(ConfigError, match="mem_gb"):
         submitit_parameters({"mem_gb": "lots"}, 1, "x")
+
+
+def test_a_run_with_a_diverged_arm_is_done_and_says_so(tmp_path, env, capsys):
+    """Divergence is a result, not a crash: the trial is done, its index entry and `report` name the arm."""
+    sweep = write_sweep(tmp_path / "div.yaml", {"optim.online_lr": {"values": [1e-3, 1e30]}})
+    out = tmp_path / "out"
+    assert main(["sweep", str(sweep), "--out", str(out), "--workers", "2"]) == 0
+    printed = capsys.readouterr().out
+    index = json.loads((out / "sweep_index.json").read_text())
+    assert index["counts"]["done"] == 2 and index["counts"]["failed"] == 0
+    by_lr = {t["overrides"]["optim.online_lr"]: t for t in index["trials"]}
+    assert "diverged" not in by_lr[1e-3]
+    bad = by_lr[1e30]
+    assert set(bad["diverged"]) == {"naive"}  # the frozen arm does not train, so cannot diverge
+    assert "non-finite loss at step" in bad["diverged"]["naive"] and "phase 1" in bad["diverged"]["naive"]
+    assert f"done with a diverged arm {bad['name']}: arm naive" in printed
+    summary = json.loads((Path(bad["run_dir"]) / "summary.json").read_text())
+    assert summary["arms"]["naive"]["final_kl_bits"] is None and summary["arms"]["frozen"]["final_kl_bits"] > 0
+
+    assert main(["report", str(out), "--no-plots"]) == 0
+    printed = capsys.readouterr().out
+    assert "diverged arm naive in" in printed and bad["name"] in printed
+    assert "## Diverged arms" in (out / "report.md").read_text()
+    assert main(["sweep", str(sweep), "--out", str(out)]) == 0  # done stays done: nothing re-runs
+    assert json.loads((out / "sweep_index.json").read_text())["trials"][1]["diverged"] == bad["diverged"]
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.slow
+def test_a_killed_trial_is_recorded_failed_then_resumed_to_the_same_result(tmp_path):
+    """SIGKILL to the worker process mid-trial (the OOM killer, a node going away): the index records the
+    trial as failed with the reason; the re-run continues it from its last checkpoint, bit for bit."""
+    import signal
+    import subprocess
+    import sys
+
+    from plasticity.experiment import run
+
+    overrides = ["run.checkpoint_every=20", "eval.every=10", "plots=false"]
+    spec = {"command": ["plasticity", "run", "smoke", *overrides, "${args_no_hyphens}"], "method": "grid",
+            "parameters": {"seed": {"values": [0]}}}
+    sweep = tmp_path / "kill.yaml"
+    sweep.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "out"
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "plasticity.cli", "sweep", str(sweep), "--out", str(out),
+                             "--workers", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline, victim = time.time() + 120, None
+    while time.time() < deadline and proc.poll() is None and victim is None:
+        ckpt = list(out.glob("*/checkpoints/pretrained-last.pt"))
+        if ckpt and len((ckpt[0].parents[1] / "metrics.jsonl").read_text().splitlines()) >= 8:
+            victim = ckpt[0].parents[1]
+        time.sleep(0.05)
+    assert victim is not None, "the trial finished (or never started) before it could be killed"
+    workers = _children(proc.pid)
+    assert len(workers) == 1
+    os.kill(workers[0], signal.SIGKILL)
+    printed = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 1, printed
+    trial = json.loads((out / "sweep_index.json").read_text())["trials"][0]
+    assert trial["status"] == "failed" and trial["error"]["type"] == "WorkerDied"
+    assert "status -9" in trial["error"]["message"]
+    assert not (victim / "summary.json").exists()
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WANDB_MODE", "disabled")
+        assert main(["sweep", str(sweep), "--out", str(out), "--workers", "1"]) == 0
+    trial = json.loads((out / "sweep_index.json").read_text())["trials"][0]
+    assert trial["status"] == "done" and trial["resumed"] is True and "previous_error" not in trial
+    assert Path(trial["log"]).read_text().startswith(f"$ plasticity run --resume {victim}")
+    reference = run(load_config("smoke", [*overrides, "seed=0", "progress=false", "trainer.threads=1"]),
+                    tmp_path / "reference")
+    assert json.loads((victim / "summary.json").read_text())["arms"] == reference["arms"]
+    assert (victim / "metrics.jsonl").read_text() == (tmp_path / "reference" / "metrics.jsonl").read_text()

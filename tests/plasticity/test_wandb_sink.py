@@ -167,8 +167,8 @@ def test_experiment_run_logs_offline(wandb_env):
     from plasticity.experiment import run
 
     run_dir = wandb_env / "smoke"
-    summary = run(load_config("smoke", ["progress=false", "plots=false"]), run_dir,
-                  sinks=[WandbSink(mode="offline", system_metrics=False)])
+    summary = run(load_config("smoke", ["progress=false", "plots=false", "logger.wandb.mode=disabled"]), run_dir,
+                  sinks=[WandbSink(mode="offline", system_metrics=False)])  # this sink only, not a default one too
     assert set(summary["arms"]) == {"frozen", "naive"}
     files = wandb_files(run_dir)
     assert len(files) == 3 and all(f.stat().st_size > 0 for f in files)  # pretrain, frozen, naive
@@ -184,7 +184,8 @@ def test_a_raising_wandb_log_does_not_fail_the_run(wandb_env, monkeypatch, capsy
 
     monkeypatch.setattr(Run, "log", boom)
     sink = WandbSink(mode="offline", system_metrics=False)
-    short = ["progress=false", "plots=false", "stream.phases[0].steps=30", "stream.phases[1].steps=30", "eval.every=15"]
+    short = ["progress=false", "plots=false", "stream.phases[0].steps=30", "stream.phases[1].steps=30", "eval.every=15",
+             "logger.wandb.mode=disabled"]  # the sink below only, not a default one too
     summary = run(load_config("smoke", short), wandb_env / "smoke", sinks=[sink])
     assert summary["arms"]["naive"]["final_kl_bits"] > 0
     assert (wandb_env / "smoke" / "summary.json").exists()

@@ -1,0 +1,21 @@
+"""A strategy that makes its arm diverge for real: from stream step `at` on, its loss term is NaN.
+
+Loaded by import path (`helpers_diverge:Explode`, with this folder on sys.path / PYTHONPATH), the way a
+user's own strategy is."""
+
+from dataclasses import dataclass
+
+from plasticity.strategies.base import Strategy
+
+
+class Explode(Strategy):
+    name = "explode"
+
+    @dataclass
+    class Params:
+        at: int = 0  # the first stream step whose loss is NaN
+
+    def penalty(self, module, batch, logits):
+        if module.stream_step >= self.params.at:
+            return logits.sum() * float("nan")
+        return None
