@@ -31,7 +31,6 @@ from torch import nn
 from plasticity import distributed
 from plasticity.checkpointing import Checkpointer, StopFlag, load_checkpoint
 from plasticity.config import ConfigError, ExperimentConfig, to_container, validate
-from plasticity.continual_metrics import auc_kl, bwt_bits, forgetting_bits, plasticity_gap_bits, steps_to_threshold
 from plasticity.evaluation import Evaluator, eval_schedule
 from plasticity.models import ModelConfig, build_model, count_parameters
 from plasticity.module import DivergenceError, WindTunnelModule, stream_loader
@@ -39,6 +38,7 @@ from plasticity.progress import RunProgress
 from plasticity.rundir import RunDir, atomic_torch_save
 from plasticity.sinks import RunSink, Sinks
 from plasticity.strategies import Strategy, build_strategy
+from plasticity.summary import add_fresh, arm_summary
 from plasticity.wandb_sink import default_sinks
 from streams.stream import Stream
 
@@ -215,37 +215,6 @@ class Experiment:
         path = self.rundir.checkpoints / f"{unit}.pt"
         return load_checkpoint(path, self.parts.device) if self.resume else None
 
-    def _arm_summary(self, strategy: str, evaluator: Evaluator, diverged: str | None = None) -> dict:
-        """A diverged arm has R rows only for the phases it finished: the rows it never reached are None,
-        and so is everything read from the last row (final KL, forgetting, BWT), rather than numbers
-        taken from an earlier phase that would pass for the end of the stream."""
-        R = [evaluator.R[i] for i in sorted(evaluator.R)]
-        n = len(self.stream.phases)
-        summary = {
-            "strategy": strategy,
-            "R_kl_bits": R,
-            "final_kl_bits": sum(R[-1]) / len(R[-1]),
-            "final_current_kl_bits": R[-1][len(R) - 1],
-            "forgetting_bits": forgetting_bits(R),
-            "bwt_bits": bwt_bits(R),
-            "auc_kl": [],
-            "steps_to_threshold": [],
-        }
-        for i, p in enumerate(self.stream.phases[: len(R)]):
-            curve = [(s, k) for s, k in evaluator.curves.get(i, []) if p.start <= s <= p.start + p.steps]
-            steps, kls = (list(x) for x in zip(*curve)) if curve else ([], [])
-            summary["auc_kl"].append(auc_kl(steps, kls) if curve else None)
-            summary["steps_to_threshold"].append(
-                steps_to_threshold(steps, kls, self.cfg.eval.threshold_bits, p.start) if curve else None)
-        if diverged:
-            missing = n - len(R)
-            summary.update(R_kl_bits=R + [[None] * n for _ in range(missing)], final_kl_bits=None,
-                           final_current_kl_bits=None, forgetting_bits=None, bwt_bits=None,
-                           auc_kl=summary["auc_kl"] + [None] * missing,
-                           steps_to_threshold=summary["steps_to_threshold"] + [None] * missing,
-                           diverged=diverged)
-        return summary
-
     # ------------------------------------------------------------------ the protocol
     def pretrain(self) -> nn.Module:
         cfg, p0 = self.cfg, self.stream.phases[0]
@@ -296,7 +265,7 @@ class Experiment:
             diverged = self._fit(arm, model, start, end, evaluator, cfg.optim.online_lr, "constant", 0, strategy)
         if diverged and self.rank == 0:
             print(f"warning: arm '{arm}' diverged: {diverged}; other arms continue", file=sys.stderr)
-        result = self._arm_summary(strategy.name, evaluator, diverged)
+        result = self._summary(strategy.name, evaluator, diverged)
         self.arm_results[arm] = result
         self._finish_unit(arm, {"model": model.state_dict(), "result": result})
 
@@ -374,7 +343,7 @@ class Experiment:
             with self.progress.run(total):
                 pretrained = self.pretrain()
                 if len(phases) == 1:
-                    self.arm_results[PRETRAIN_ARM] = self._arm_summary("pretrain", self.pretrain_eval)
+                    self.arm_results[PRETRAIN_ARM] = self._summary("pretrain", self.pretrain_eval)
                 for arm, strategy in self.parts.strategies.items():
                     if len(phases) > 1:
                         self.run_arm(arm, strategy, pretrained)
@@ -412,18 +381,12 @@ class Experiment:
             print(f"warning: plots failed ({type(e).__name__}: {e}); redraw with "
                   "plasticity.plots.make_plots(run_dir)", file=sys.stderr)
 
+    def _summary(self, strategy: str, evaluator: Evaluator, diverged: str | None = None) -> dict:
+        return arm_summary(strategy, evaluator.R, evaluator.curves, self.stream.phases,
+                           self.cfg.eval.threshold_bits, diverged)
+
     def _add_fresh(self, diag: dict[int, float]) -> None:
-        n = len(self.stream.phases)
-        fresh_R = [[0.0] * n for _ in range(n)]
-        for i, v in diag.items():
-            fresh_R[i][i] = v
-        for res in self.arm_results.values():
-            reached = [row for row in res["R_kl_bits"] if None not in row]  # a diverged arm's rows stop early
-            gap = [None] + list(plasticity_gap_bits(reached, fresh_R)[1:])
-            res["plasticity_gap_bits"] = gap + [None] * (n - len(gap))
-        self.arm_results["fresh"] = {"strategy": "fresh", "kl_bits_by_phase": {str(i): v for i, v in diag.items()}}
-        if self.fresh_diverged:
-            self.arm_results["fresh"]["diverged"] = dict(self.fresh_diverged)
+        add_fresh(self.arm_results, diag, len(self.stream.phases), self.fresh_diverged)
 
 
 def run(cfg: DictConfig, run_dir: Path | str | None = None, sinks: list[RunSink] | None = None) -> dict:
