@@ -49,9 +49,6 @@ class RunProgress:
         if self._bar is not None:
             self._bar.advance(self._task, n)
 
-    def skip(self, arm: str, steps: int) -> None:
-        """An arm that does not train (frozen) advances nothing: its steps are not in the total."""
-
     def on_eval(self, arm: str, step: int, kl_bits: float) -> None:
         self._kl[arm] = kl_bits
         if self._bar is not None and not math.isnan(kl_bits):
