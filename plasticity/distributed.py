@@ -164,6 +164,13 @@ def _rank_main() -> int:
         return 143
     except DivergenceError:  # pretraining diverged on every rank; rank 0 reports it
         return 1
+    finally:
+        import torch.distributed as dist
+
+        # Exiting with the gloo group alive can abort in its C++ destructors ("terminate called without
+        # an active exception", status -6) when the interpreter tears its threads down: close it first.
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
     return 0
 
 
