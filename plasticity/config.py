@@ -54,7 +54,6 @@ class TrainerConfig:
     # on a shared 2-core machine two threads collapse when the other core is busy (docs/benchmarks.md).
     threads: int = 1
     deterministic: bool = True
-    log_every: int = 10
     devices: int = 1  # processes (CPU) or GPUs; > 1 runs Lightning DDP (plasticity.distributed)
     strategy: str = "auto"  # auto (DDP when devices > 1) | ddp
 
@@ -141,7 +140,6 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "eval.threshold_bits": (0, math.inf, ">= 0"),
     "run.checkpoint_every": (0, math.inf, ">= 0"),
     "trainer.threads": (0, 1024, "an integer in [0, 1024]"),
-    "trainer.log_every": (1, math.inf, ">= 1"),
     "trainer.devices": (1, 1024, "an integer in [1, 1024]"),
     "model.n_layers": (1, MAX_LAYERS, f"in [1, {MAX_LAYERS}]"),
     "model.depth": (1, MAX_LAYERS, f"in [1, {MAX_LAYERS}]"),
