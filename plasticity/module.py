@@ -103,15 +103,13 @@ class WindTunnelModule(pl.LightningModule):
         self.warmup_steps = optim.warmup_steps if warmup_steps is None else warmup_steps
         self.strategy = strategy
         self.current_phase: int | None = None
-        self.last_loss: float | None = None
         self.last_finite_loss: float | None = None
         self.last_grad_norm: float = 0.0
-        self.tokens_seen = 0
 
     # ------------------------------------------------------------------ resumption
     def progress_state(self) -> dict:
         return {"current_phase": self.current_phase, "last_finite_loss": self.last_finite_loss,
-                "last_grad_norm": self.last_grad_norm, "tokens_seen": self.tokens_seen}
+                "last_grad_norm": self.last_grad_norm}
 
     def on_train_start(self) -> None:
         state = self.resume_state
@@ -175,8 +173,7 @@ class WindTunnelModule(pl.LightningModule):
                 f"non-finite {what} at step {self.stream_step}, "
                 f"phase {self.current_phase}; last finite loss {self.last_finite_loss}"
             )
-        self.last_loss = self.last_finite_loss = value
-        self.tokens_seen += int(batch.scored.sum())
+        self.last_finite_loss = value
         return loss
 
     def on_before_optimizer_step(self, optimizer) -> None:
