@@ -1,10 +1,11 @@
 """Resumable training: one checkpoint per fit (pretraining, an arm, a fresh learner) holding everything
 the rest of the fit depends on — weights, optimizer, schedule, strategy state, evaluation history, the
 stream step (the data are a pure function of it) and the RNG states — written atomically every
-`run.checkpoint_every` steps and when SIGTERM asks the run to stop (Slurm pre-emption)."""
+`run.checkpoint_every` steps and when a stop signal asks the run to stop (Slurm pre-emption, a time limit)."""
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 from pathlib import Path
@@ -17,29 +18,38 @@ from plasticity.rundir import atomic_torch_save
 
 
 class Preempted(RuntimeError):
-    """SIGTERM arrived; a checkpoint was written and the run stopped. Resume with --resume."""
+    """A stop signal arrived; a checkpoint was written and the run stopped. Resume with --resume."""
+
+
+def stop_signals() -> tuple[signal.Signals, ...]:
+    """SIGTERM (kill, scancel, pre-emption) and the signal Slurm sends ahead of a time limit or a
+    pre-emption with `--signal`: submitit's USR2, or the one named by $SUBMITIT_PREEMPT_SIGNAL."""
+    extra = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), signal.SIGUSR2)
+    return tuple(dict.fromkeys((signal.SIGTERM, extra)))
 
 
 class StopFlag:
-    """Set by SIGTERM; read at the end of every training step."""
+    """Set by a stop signal (`stop_signals()`); read at the end of every training step."""
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous = None
+        self.signal = ""  # the name of the signal that asked to stop
+        self._previous: dict = {}
 
     def install(self) -> None:
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread: pre-emption is the caller's business
-            self._previous = None
+        for sig in stop_signals():
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: pre-emption is the caller's business
+                pass
 
     def uninstall(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
+        self._previous = {}
 
     def _handle(self, signum, frame) -> None:
-        self.requested = True
+        self.requested, self.signal = True, signal.Signals(signum).name
 
 
 def rng_states() -> dict:
@@ -96,7 +106,8 @@ class Checkpointer(pl.Callback):
         if (due or stop) and self.write:
             self.save(trainer, pl_module)
         if stop and step < self.end:
-            raise Preempted(f"stopped by SIGTERM at step {step}; checkpoint written to {self.path}")
+            raise Preempted(f"stopped by {self.stop.signal or 'a stop signal'} at step {step}; "
+                            f"checkpoint written to {self.path}")
 
     def save(self, trainer, module) -> None:
         scheduler = trainer.lr_scheduler_configs[0].scheduler if trainer.lr_scheduler_configs else None

@@ -10,7 +10,7 @@ reads in `on_train_batch_end`) and, at each:
 - evaluates with our `Evaluator` at the steps in `evaluator.eval_steps` strictly inside the phase, and
   at the phase end in `after_training_exp`, after the last update and before any other plugin's
   end-of-experience hook (so metrics.jsonl rows and R rows come out exactly like a native arm's);
-- advances the run's progress bar and stops with `Preempted` when SIGTERM asked the run to stop.
+- advances the run's progress bar and stops with `Preempted` when a stop signal (SIGTERM, USR2) asked the run to stop.
 
 A strategy that trains on something else than the experience's batches (GDumb trains on its buffer)
 runs a different number of iterations: its intermediate rows are at iteration counts, its phase-end
@@ -79,8 +79,8 @@ class StreamSteps(SupervisedPlugin):
         if self.step < self.end and self.step in self.evaluator.eval_steps:
             self.evaluator.evaluate(unwrap(strategy.model), self.step, self.grad_norm)
         if self.stop is not None and self.stop.requested:
-            raise Preempted(f"stopped at step {self.step} (SIGTERM); an Avalanche arm restarts from its "
-                            "beginning on --resume")
+            raise Preempted(f"stopped by {self.stop.signal or 'a stop signal'} at step {self.step}; an Avalanche arm "
+                            "restarts from its beginning on --resume")
 
     def after_training_exp(self, strategy, **kwargs):
         if not self.skip:

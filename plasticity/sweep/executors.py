@@ -4,7 +4,8 @@ Locally, each of N threads drives one worker process (`python -m plasticity.swee
 single-threaded), sending it one trial at a time; a worker that dies (a segfault, the OOM killer) fails
 only the trial it was running and is replaced for the next one. On Slurm, `run_trial` runs inside each
 job of one array (so the cluster needs the run directories' file system, as usual). Either way a trial's
-stdout and stderr go to `<out>/logs/<name>.log`. This module imports no torch.
+stdout and stderr go to `<out>/logs/<name>.log`. A pre-empted or timed-out Slurm job checkpoints, requeues
+itself and resumes (`TrialJob`). This module imports no torch.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from plasticity.sweep.trial import LOG_TAIL_LINES, log_tail, run_trial
+from plasticity.sweep.trial import LOG_TAIL_LINES, TrialJob, log_tail
 
 Job = dict[str, Any]  # name, args (after `plasticity run`), run_dir, log, threads
 Callback = Callable[[Job, Any], None]
@@ -201,7 +202,7 @@ class SubmititExecutor:
 
         executor = submitit.AutoExecutor(folder=self.folder / "%j", cluster=self.cluster)
         executor.update_parameters(**self.parameters)
-        submitted = executor.map_array(run_trial, jobs)
+        submitted = executor.map_array(TrialJob(), jobs)
         pending = dict(zip(submitted, jobs))
         started: set = set()
         try:

@@ -3,8 +3,9 @@
 `run_trial(job)` runs exactly what `plasticity run ARGS...` runs (the same parser and command, so the
 same sinks as a `wandb agent` run), with file descriptors 1 and 2 redirected to `job["log"]` (C-level
 output included), and returns `{status: done|failed, error: {type, message, log_tail} | null, seconds}`;
-a trial's own failure never raises. Submitit calls it inside each array job; the local executor calls it
-in long-lived worker processes (`python -m plasticity.sweep.trial --worker`), which pay the torch and
+a trial's own failure never raises. Submitit runs it inside each array job through `TrialJob`, which
+makes a pre-empted or timed-out job requeue itself and resume; the local executor calls it in long-lived
+worker processes (`python -m plasticity.sweep.trial --worker`), which pay the torch and
 Lightning imports once rather than once per trial. Every run reseeds all generators at its start, so a
 trial's results do not depend on what its worker ran before (tests/plasticity/test_sweep.py checks this).
 
@@ -37,12 +38,12 @@ def log_tail(path: str | Path, lines: int = LOG_TAIL_LINES) -> list[str]:
 
 
 @contextmanager
-def redirected(path: Path):
+def redirected(path: Path, append: bool = False):
     """fd 1 and 2 (and so sys.stdout, sys.stderr and C-level output) into `path`, then back."""
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC), 0o644)
     try:
         os.dup2(fd, 1)
         os.dup2(fd, 2)
@@ -62,13 +63,14 @@ def _message(e: BaseException) -> str:
 
 
 def _run_cli(args: list[str]) -> dict:
-    try:
-        from plasticity.cli import build_parser
+    from plasticity.cli import build_parser
 
+    try:
         parsed = build_parser().parse_args(["run", *args])
-        code = parsed.func(parsed)
-    except SystemExit as e:  # argparse
+    except SystemExit as e:  # argparse; any other SystemExit (submitit requeueing the job) goes through
         return {"status": "failed", "error": {"type": "SystemExit", "message": f"plasticity run exited with {e.code}"}}
+    try:
+        code = parsed.func(parsed)
     except Exception as e:  # noqa: BLE001 - the trial's failure is its result
         traceback.print_exc()
         return {"status": "failed", "error": {"type": type(e).__name__, "message": _message(e)}}
@@ -86,7 +88,7 @@ def run_trial(job: dict) -> dict:
         os.environ.setdefault(var, str(job.get("threads", 1)))
     log = Path(job["log"])
     log.parent.mkdir(parents=True, exist_ok=True)
-    with redirected(log):
+    with redirected(log, append=job.get("requeued", False)):
         print(f"$ plasticity run {' '.join(job['args'])}", flush=True)
         result = _run_cli(job["args"])
     if result["status"] == "done" and not (Path(job["run_dir"]) / "summary.json").is_file():
@@ -95,6 +97,43 @@ def run_trial(job: dict) -> dict:
         result["error"]["log_tail"] = log_tail(log)
     result["seconds"] = round(time.time() - t0, 2)
     return result
+
+
+def preempted(result: dict) -> bool:
+    return result["status"] == "failed" and "(preempted)" in str(result["error"]["message"])
+
+
+class TrialJob:
+    """What submitit runs in each array job: `run_trial`, plus submitit's checkpoint protocol.
+
+    A stop signal (Slurm's `--signal` USR2 ahead of a time limit or a pre-emption, or SIGTERM) makes the
+    run checkpoint at the end of its step and return "preempted"; then submitit's own handler for its
+    signal is called, which asks `checkpoint` for the resubmission, requeues the job (`scontrol requeue`;
+    the local executor restarts it) and exits. The requeued job resumes the run directory, so the sweep
+    sees one job that finishes with the complete run. Submitit keeps its rules: a job that timed out more
+    than `max_num_timeout` times is not requeued and fails with its reason.
+    """
+
+    def __call__(self, job: dict) -> dict:
+        import signal
+
+        from plasticity.checkpointing import stop_signals
+
+        submitit_handler = signal.getsignal(stop_signals()[-1])  # installed by submitit before it called us
+        result = run_trial(job)
+        if preempted(result) and os.environ.get("SUBMITIT_FOLDER") and callable(submitit_handler):
+            print(f"trial {job['name']} stopped by a signal with its checkpoint; requeueing", flush=True)
+            submitit_handler(stop_signals()[-1], None)  # calls self.checkpoint, requeues, exits
+        return result
+
+    def checkpoint(self, job: dict):
+        """The resubmission: the same trial, resuming its run directory once the run has started."""
+        from submitit.helpers import DelayedSubmission
+
+        resumed = dict(job, requeued=True)
+        if (Path(job["run_dir"]) / "config.yaml").is_file():
+            resumed["args"] = ["--resume", str(job["run_dir"])]
+        return DelayedSubmission(self, resumed)
 
 
 def _die_with_parent() -> None:

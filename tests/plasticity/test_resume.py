@@ -225,3 +225,53 @@ def test_a_strategy_with_tensor_state_but_no_state_dict_warns_on_resume(capsys):
     assert len(err) == 1 and "'forgetful'" in err[0] and "memory" in err[0]
     Forgetful().load_state_dict({})  # no tensors: nothing to lose, no warning
     assert capsys.readouterr().err == ""
+
+
+# ---------------------------------------------------------------- submitit: pre-empted job requeues itself
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in os.listdir("/proc"):
+        if stat.isdigit():
+            try:
+                with open(f"/proc/{stat}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(stat))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_submitit_job_preempted_mid_run_requeues_and_resumes_bit_identical(reference, tmp_path):
+    """Submitit's pre-emption signal (USR2) reaches the trial's process in the middle of the run: the run
+    checkpoints, the job requeues itself (submitit's local executor restarts it as Slurm would), resumes
+    and finishes with the uninterrupted run's summary and metrics."""
+    submitit = pytest.importorskip("submitit")
+    from plasticity.sweep.trial import TrialJob
+
+    run_dir, log = tmp_path / "run", tmp_path / "trial.log"
+    job = {"name": "t", "args": ["smoke", *OVERRIDES, f"run.dir={run_dir}"], "run_dir": str(run_dir),
+           "log": str(log), "threads": 1}
+    executor = submitit.AutoExecutor(folder=tmp_path / "submitit", cluster="local")
+    executor.update_parameters(timeout_min=30)
+    sjob = executor.submit(TrialJob(), job)
+    deadline = time.time() + 240
+    while time.time() < deadline and sjob.state == "RUNNING":
+        metrics = run_dir / "metrics.jsonl"
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 12:
+            break
+        time.sleep(0.05)
+    assert sjob.state == "RUNNING", "the job finished before it could be pre-empted"
+    (task,) = _children(sjob._process.pid)
+    os.kill(task, signal.SIGUSR2)
+    result = sjob.result()
+    assert result["status"] == "done", result
+    text = log.read_text()  # both attempts, in order
+    assert "stopped by SIGUSR2" in text and f"$ plasticity run --resume {run_dir}" in text
+    assert text.index("stopped by SIGUSR2") < text.index("$ plasticity run --resume")
+    assert "Requeued job" in sjob.stdout()
+    assert json.loads((reference / "summary.json").read_text())["arms"] == \
+        json.loads((run_dir / "summary.json").read_text())["arms"]
+    assert _metrics(reference) == _metrics(run_dir)
