@@ -63,16 +63,16 @@ class Bijection(Family):
         values = perm.gather(1, keys)  # [B, P], value indices 0..K-1
         tokens = torch.stack([keys, values + K], dim=-1).reshape(B, 2 * P)
 
-        seen = seen_before(keys, K)
-        # used[b, i, v]: value v was shown before pair i (repeated keys show the same value again).
+        # shown[b, i, v] > 0: value v was shown before pair i (repeated keys show the same value again).
         onehot = torch.nn.functional.one_hot(values, K).to(torch.float64)  # [B, P, K]
-        used = (onehot.cumsum(1) - onehot) > 0
-        free = (~used).to(torch.float64)
-        uniform = free / free.sum(-1, keepdim=True).clamp(min=1)  # all used only if key seen
-        value_post = torch.where(seen[..., None], onehot, uniform)
-
+        free = (onehot.cumsum(1) - onehot) == 0
         posterior = torch.zeros(B, 2 * P, 2 * K, dtype=torch.float64)
-        posterior[:, 0::2, K:] = value_post
+        if self.with_replacement:
+            free = free.to(torch.float64)
+            uniform = free / free.sum(-1, keepdim=True).clamp(min=1)  # all used only if key seen
+            posterior[:, 0::2, K:] = torch.where(seen_before(keys, K)[..., None], onehot, uniform)
+        else:  # distinct keys: no key is seen twice, and before pair i exactly K - i values are free
+            torch.div(free, torch.arange(K, K - P, -1, dtype=torch.float64)[:, None], out=posterior[:, 0::2, K:])
         scored = torch.zeros(B, 2 * P, dtype=torch.bool)
         scored[:, 0::2] = True
         return Batch(tokens, posterior, scored, {"perm": perm, "keys": keys})

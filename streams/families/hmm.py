@@ -82,6 +82,31 @@ def round_to_grid(p: torch.Tensor, m: int) -> torch.Tensor:
     return 1 + floor.long() + (rank < leftover).long()
 
 
+def grid_draw(units: torch.Tensor, rows: torch.Tensor, m: int, generator: torch.Generator) -> torch.Tensor:
+    """Exact draws from rows of integer units: `units` [B, R, n] with every row summing to m, `rows`
+    [B, ...] row indices; returns [B, ...] categories c with probability units[b, row, c] / m. Each row's
+    categories are laid end to end over m cells (a lookup table), and a cell r ~ U{0..m-1} picks one."""
+    B, R, n = units.shape
+    table = torch.repeat_interleave(torch.arange(n).repeat(B * R), units.reshape(-1))  # [B * R * m]
+    cell = torch.randint(m, rows.shape, generator=generator)
+    base = torch.arange(B).reshape(B, *([1] * (rows.dim() - 1))) * R
+    return torch.take(table, (base + rows) * m + cell)
+
+
+def compose_moves(moves: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
+    """States [B, L] of Markov chains started in `first` [B] from per-step moves [B, L-1, S] (s_{t+1} =
+    moves[t][s_t]), without a loop over time: the moves are composed by a log-depth prefix scan (pointer
+    jumping). With every move m_t(s) drawn from T[s, :] independently of s_t, the states have the chain's
+    law; drawing a move for every possible state at once is what removes the sequential sampling loop."""
+    B, steps = moves.shape[:2]
+    d = 1
+    while d < steps:  # moves[:, t] maps s_{max(0, t+1-2d)} to s_{t+1}
+        moves = torch.cat([moves[:, :d], moves[:, d:].gather(2, moves[:, :-d])], dim=1)
+        d *= 2
+    later = moves.gather(2, first[:, None, None].expand(B, steps, 1)).squeeze(-1)
+    return torch.cat([first[:, None], later], dim=1)
+
+
 def forward_predictive(obs: torch.Tensor, transition: torch.Tensor, emission: torch.Tensor) -> torch.Tensor:
     """P(o_{t+1} = . | o_1..o_t) for t = 0..L-1, as float64 [B, L, K], for observations obs [B, L]
     (0-based symbols), transition [B, S, S] and emission [B, S, K], uniform initial state."""
@@ -177,21 +202,20 @@ class HMM(Family):
         return round_to_grid(t, self._units), round_to_grid(e, self._units)
 
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
-        B, S, K, L = batch_size, self.n_states, self.n_symbols, self.length
-        if self.header:
+        B, S, K, L, m = batch_size, self.n_states, self.n_symbols, self.length, getattr(self, "_units", 0)
+        first = torch.randint(S, (B,), generator=generator)
+        if self.header:  # integer grid units: exact draws by table lookup
             t_units, e_units = self._random_hmms(B, generator)
-            T = t_units.to(torch.float64) / self._units
-            E = e_units.to(torch.float64) / self._units
+            T = t_units.to(torch.float64) / m
+            E = e_units.to(torch.float64) / m
+            moves = grid_draw(t_units, torch.arange(S).expand(B, L - 1, S), m, generator)
+            states = compose_moves(moves, first)
+            obs = grid_draw(e_units, states, m, generator)
         else:
             T = self._transition.expand(B, S, S)
             E = self._emission.expand(B, S, K)
-
-        states = torch.empty(B, L, dtype=torch.long)
-        states[:, 0] = torch.randint(S, (B,), generator=generator)
-        rows = torch.arange(B)
-        for t in range(1, L):
-            states[:, t] = sample_categorical(T[rows, states[:, t - 1]], generator)
-        obs = sample_categorical(E.gather(1, states[..., None].expand(B, L, K)), generator)
+            states = compose_moves(sample_categorical(T[:, None].expand(B, L - 1, S, S), generator), first)
+            obs = sample_categorical(E.gather(1, states[..., None].expand(B, L, K)), generator)
 
         H = self.header_len
         tokens = torch.empty(B, self.seq_len, dtype=torch.long)

@@ -56,18 +56,28 @@ class Recall(Family):
         table = torch.randint(0, NV, (B, K), generator=generator)  # table[b, k]: value index of key k
         keys = torch.randint(0, K, (B, P + Q), generator=generator)  # pair keys, then query keys
         values = table.gather(1, keys)
-        pair_tokens = torch.stack([keys + 1, values + 1 + K], dim=-1).reshape(B, 2 * (P + Q))
-        marker = torch.full((B, 1), QUERY, dtype=torch.long)
-        tokens = torch.cat([pair_tokens[:, : 2 * P], marker, pair_tokens[:, 2 * P :]], dim=1)
-
-        seen = seen_before(keys, K)  # [B, P+Q]: the key was shown (and answered) before
-        onehot = torch.nn.functional.one_hot(values, NV).to(torch.float64)
-        value_post = torch.where(seen[..., None], onehot, torch.full_like(onehot, 1.0 / NV))
-
-        key_pos = torch.cat([torch.arange(0, 2 * P, 2), torch.arange(2 * P + 1, 2 * (P + Q) + 1, 2)])
         T, V = self.seq_len, self.vocab_size
+        # Key positions are 0, 2, .., 2P-2 (pairs) and 2P+1, 2P+3, .. (queries): two strided slices, so
+        # every write below goes through a view (no index tensors). Values follow their keys.
+        pairs, queries = slice(0, 2 * P, 2), slice(2 * P + 1, T, 2)
+        tokens = torch.empty(B, T, dtype=torch.long)
+        tokens[:, 2 * P] = QUERY
+        for at, part in ((pairs, slice(0, P)), (queries, slice(P, P + Q))):
+            tokens[:, at] = keys[:, part] + 1
+            tokens[:, _after(at)] = values[:, part] + 1 + K
+
+        # Unseen key: uniform over values; seen key (in the pairs or an earlier answered query): its value.
+        seen = seen_before(keys, K)[..., None]  # [B, P+Q, 1]
+        value_post = torch.full((B, P + Q, NV), 1.0 / NV, dtype=torch.float64).masked_fill_(seen, 0.0)
+        value_post.scatter_add_(2, values[..., None], seen.to(torch.float64))
         posterior = torch.zeros(B, T, V, dtype=torch.float64)
-        posterior[:, key_pos, 1 + K :] = value_post
         scored = torch.zeros(B, T, dtype=torch.bool)
-        scored[:, key_pos] = True
+        for at, part in ((pairs, slice(0, P)), (queries, slice(P, P + Q))):
+            posterior[:, at, 1 + K :] = value_post[:, part]
+            scored[:, at] = True
         return Batch(tokens, posterior, scored, {"map": table, "keys": keys})
+
+
+def _after(at: slice) -> slice:
+    """The positions right after a strided slice's (where the values of those keys sit)."""
+    return slice(at.start + 1, at.stop + 1 if at.stop is not None else None, at.step)
