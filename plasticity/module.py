@@ -105,6 +105,7 @@ class WindTunnelModule(pl.LightningModule):
         self.current_phase: int | None = None
         self.last_finite_loss: float | None = None
         self.last_grad_norm: float = 0.0
+        self._params: list[nn.Parameter] | None = None
 
     # ------------------------------------------------------------------ resumption
     def progress_state(self) -> dict:
@@ -162,8 +163,12 @@ class WindTunnelModule(pl.LightningModule):
             extra = self.strategy.penalty(self, batch, logits)
             if extra is not None:
                 loss = loss + extra
-        value = float(loss.detach())
-        local = not math.isfinite(value) or not bool(torch.isfinite(logits.detach()).all())
+        # One reduction and one host sync per step: NaN or Inf anywhere in the loss or the logits makes
+        # `probe` non-finite (x * 0 is NaN for x = ±Inf). Only then is it worked out which one it was.
+        probe = float(loss.detach() + logits.detach().sum() * 0)
+        value = float(loss.detach()) if not math.isfinite(probe) else probe
+        local = not math.isfinite(probe) and (
+            not math.isfinite(value) or not bool(torch.isfinite(logits.detach()).all()))
         bad = local
         if self._trainer is not None:  # DDP: every process stops at the same step, whichever saw the NaN
             bad = self._trainer.strategy.reduce_boolean_decision(local, all=False)
@@ -179,9 +184,11 @@ class WindTunnelModule(pl.LightningModule):
     def on_before_optimizer_step(self, optimizer) -> None:
         # Clipping here (not by the Trainer) yields the pre-clip norm for free: the gradient-norm probe
         # reads it at evaluations. Runs after the strategies' hooks (SI reads the raw task gradient there).
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        if params:
-            self._grad_norm = torch.nn.utils.clip_grad_norm_(params, self.optim.grad_clip)
+        # clip_grad_norm_ skips parameters without a gradient; the list is made once per fit (strategies
+        # edit parameters in place, never replace them), not walked out of the module tree every step.
+        if self._params is None:
+            self._params = list(self.model.parameters())
+        self._grad_norm = torch.nn.utils.clip_grad_norm_(self._params, self.optim.grad_clip)
 
     @property
     def last_grad_norm(self) -> float:

@@ -101,3 +101,46 @@ def test_diverged_pretraining_fails_the_run_with_one_line(tmp_path, capsys):
     assert re.fullmatch(r"error: pretraining diverged: non-finite loss at step \d+, phase 0; last finite loss \S+",
                         err), err
     assert not (tmp_path / "summary.json").exists()
+
+
+class _Fixed(__import__("torch").nn.Module):
+    """A 'model' returning given logits (plus a zero times a parameter, so there is a graph)."""
+
+    def __init__(self, logits):
+        super().__init__()
+        import torch
+
+        self.w = torch.nn.Parameter(torch.zeros(()))
+        self.logits = logits
+
+    def forward(self, tokens):
+        return self.logits + self.w * 0
+
+
+@pytest.mark.parametrize("where, value, diverged", [
+    ("unscored", float("inf"), "logits"),   # the loss never sees it: only the logits check catches it
+    ("unscored", float("nan"), "logits"),
+    ("scored", float("nan"), "loss"),
+    ("huge", 3e38, None),                   # finite, but their float32 sum overflows: still no divergence
+])
+def test_the_guard_checks_loss_and_every_logit(where, value, diverged):
+    import torch
+
+    from plasticity.config import OptimConfig
+    from plasticity.module import DivergenceError, WindTunnelModule
+    from streams import make
+
+    batch = make("dirichlet", n_symbols=3, length=6).sample(4, torch.Generator().manual_seed(0))
+    logits = torch.zeros(*batch.posterior.shape, dtype=torch.float32)
+    if where == "huge":
+        logits[~batch.scored, 0] = value
+    else:
+        mask = batch.scored if where == "scored" else ~batch.scored
+        logits[mask] = value
+    module = WindTunnelModule(_Fixed(logits), OptimConfig())
+    if diverged is None:
+        loss = module.training_step(batch, 0).detach()
+        assert torch.isfinite(loss) and module.last_finite_loss == float(loss)
+    else:
+        with pytest.raises(DivergenceError, match=f"non-finite {diverged} at step 0"):
+            module.training_step(batch, 0)
