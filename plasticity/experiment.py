@@ -80,9 +80,12 @@ def build_parts(cfg: DictConfig) -> Parts:
         msg = str(e)
         raise ConfigError(msg if msg.startswith("model") else f"model: {msg}") from None
     strategies = {arm: build_strategy(arm, dict(entry)) for arm, entry in to_container(cfg.arms).items()}
-    for arm in strategies:
+    for arm, strategy in strategies.items():
         if arm in (PRETRAIN_ARM, "fresh"):
             raise ConfigError(f"arms.{arm}: '{arm}' is reserved; give the arm another name")
+        if strategy.losses is not None and cfg.loss not in strategy.losses:
+            raise ConfigError(f"loss={cfg.loss}: arm '{arm}' (strategy '{strategy.name}') trains only with "
+                              f"loss={' or '.join(strategy.losses)}")
     if len(stream.phases) > 1 and not strategies:
         raise ConfigError("arms: a stream with several phases needs at least one arm (e.g. arms=[frozen,naive])")
     problem = distributed.check(cfg, strategies)

@@ -127,6 +127,7 @@ def _check_kwargs(where: str, cls: type, kwargs: Any, reserved: tuple[str, ...] 
 class AvalancheArm(Strategy):
     name = "avalanche"
     external_loop = True
+    losses = ("sampled",)  # Avalanche's criterion takes class labels: the sampled next tokens
     avalanche_class: ClassVar[type | None] = None  # set on the per-name subclasses
 
     @dataclass
@@ -164,9 +165,6 @@ class AvalancheArm(Strategy):
         """The Avalanche strategy over `model`, the benchmark for stream steps [start, end), and the
         step plugin; nothing is trained yet. `plugins` (instances) run right after the step plugin."""
         cfg, stream = experiment.cfg, experiment.stream
-        if cfg.loss != "sampled":
-            raise ValueError(f"strategy '{self.name}': Avalanche arms train on sampled next tokens "
-                             f"(loss=sampled); loss={cfg.loss} is not supported")
         first = stream.phase_at(start)
         if stream.phases[first].start != start or end != stream.total_steps:
             raise ValueError(f"strategy '{self.name}': an Avalanche arm trains whole phases to the end of "

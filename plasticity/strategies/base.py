@@ -31,6 +31,8 @@ class Strategy(pl.Callback):
     frozen: ClassVar[bool] = False  # True: weights never change; the arm is evaluated, not trained
     # True: the strategy trains the arm with its own loop (`run_arm`), e.g. the Avalanche bridge
     external_loop: ClassVar[bool] = False
+    # The `loss` settings the strategy can train with (None: any); checked before the run starts
+    losses: ClassVar[tuple[str, ...] | None] = None
 
     @dataclass
     class Params:

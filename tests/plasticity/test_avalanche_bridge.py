@@ -316,9 +316,21 @@ def test_config_mistakes_name_the_key(bridge):
     assert arm.external_loop and arm.name == "avalanche.Naive"
 
 
-def test_the_shipped_comparison_config_validates(bridge):
-    cfg = load_config("avalanche_vs_native")
+@pytest.mark.parametrize("name", ["avalanche_vs_native", "avalanche_frozen_vs_online"])
+def test_the_shipped_comparison_configs_validate(bridge, name):
+    cfg = load_config(name)
     validate(cfg)
     strategies = {entry["strategy"] for entry in cfg.arms.values()}
     assert {"naive", "replay", "ewc", "lwf", "si", "avalanche.Naive", "avalanche.Replay", "avalanche.EWC",
             "avalanche.LwF", "avalanche.SynapticIntelligence"} <= strategies
+
+
+def test_posterior_loss_with_an_avalanche_arm_is_refused_before_any_write(bridge, tmp_path, capsys):
+    from plasticity.cli import main
+
+    code = main(["run", "smoke", "arms=[naive,avalanche.Naive]", "loss=posterior", f"run.dir={tmp_path / 'run'}"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: loss=posterior: arm 'avalanche.Naive' (strategy 'avalanche.Naive') trains only with "
+                   "loss=sampled"]
+    assert not (tmp_path / "run").exists()
