@@ -3,7 +3,7 @@
 The first two tests run everywhere (the core never imports avalanche; a missing extra is one clear
 error). The rest need the `avalanche` extra and skip without it. They use one tiny experiment (three
 Dirichlet phases in disjoint token ranges, a one-layer transformer, a few dozen steps) with the native
-naive arm next to Avalanche's Naive, EWC, LwF, Replay, SI and A-GEM.
+naive arm next to Avalanche's Naive, EWC, LwF, Replay, SI, A-GEM and GEM.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ AVALANCHE_ARMS = {
         "ReplayPlugin": {"mem_size": 40, "storage_policy": {"ReservoirSamplingBuffer": {"max_size": 40}}}}},
     "av_si": {"strategy": "avalanche.SynapticIntelligence", "kwargs": {"si_lambda": 1.0e4}},
     "av_agem": {"strategy": "avalanche.AGEM", "kwargs": {"patterns_per_exp": 16, "sample_size": 8}},
+    "av_gem": {"strategy": "avalanche.GEM", "kwargs": {"patterns_per_exp": 16, "memory_strength": 0.5}},
 }
 
 
@@ -142,7 +143,7 @@ def test_avalanche_naive_ends_within_tolerance_of_native_naive(tiny_run):
         assert rn["grad_norm"] == pytest.approx(ra["grad_norm"], rel=1e-3)
 
 
-def test_naive_ewc_lwf_replay_si_agem_run_through_the_bridge(tiny_run):
+def test_naive_ewc_lwf_replay_si_agem_gem_run_through_the_bridge(tiny_run):
     exp, summary, rows, path = tiny_run
     n_phases = len(exp.stream.phases)
     steps = {r["step"] for r in rows if r["arm"] == "naive"}
