@@ -79,8 +79,8 @@ class Bijection(Family):
 
 
 def seen_before(keys: torch.Tensor, n_keys: int) -> torch.Tensor:
-    """`seen[b, i]`: keys[b, i] already appeared among keys[b, :i]. An exclusive cumulative count of
-    one-hots, O(B·N·K) memory rather than the O(B·N²) of comparing all pairs (long query streams)."""
-    onehot = torch.nn.functional.one_hot(keys, n_keys)
-    before = onehot.cumsum(1) - onehot
-    return before.gather(2, keys[..., None]).squeeze(-1) > 0
+    """`seen[b, i]`: keys[b, i] already appeared among keys[b, :i]: its running count, up to and including
+    position i, exceeds 1. Counts of one-hots, O(B·N·K) memory rather than the O(B·N²) of comparing all
+    pairs (long query streams); int32 and a plain scatter (one_hot checks its input's range first)."""
+    onehot = torch.zeros(*keys.shape, n_keys, dtype=torch.int32).scatter_(-1, keys[..., None], 1)
+    return onehot.cumsum(1, dtype=torch.int32).gather(2, keys[..., None]).squeeze(-1) > 1

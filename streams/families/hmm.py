@@ -18,7 +18,8 @@ header=True (default): every sequence has its own random HMM, shown to the model
 header=False: one fixed HMM given by `transition` and `emission` (rows renormalized in float64).
     Tokens: 0 = SEP, 1..n_symbols = observations. Sequence: SEP o_1..o_length; scored 0..length-1.
 
-Posterior: the forward filter in float64, normalized every step. With b_t the distribution of s_t given
+Posterior: the forward filter in float64 (renormalized as often as underflow requires; see
+`forward_predictive`). With b_t the distribution of s_t given
 o_1..o_{t-1} (b_1 uniform), the next-observation predictive is b_t E; after o_t is seen,
 b_{t+1} ∝ (b_t ⊙ E[:, o_t]) T. Batched over per-sequence T [B, S, S] and E [B, S, K]
 (S = n_states, K = n_symbols).
@@ -107,24 +108,30 @@ def compose_moves(moves: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
     return torch.cat([first[:, None], later], dim=1)
 
 
-def forward_predictive(obs: torch.Tensor, transition: torch.Tensor, emission: torch.Tensor) -> torch.Tensor:
+def forward_predictive(obs: torch.Tensor, transition: torch.Tensor, emission: torch.Tensor,
+                       emission_floor: float = 0.0) -> torch.Tensor:
     """P(o_{t+1} = . | o_1..o_t) for t = 0..L-1, as float64 [B, L, K], for observations obs [B, L]
-    (0-based symbols), transition [B, S, S] and emission [B, S, K], uniform initial state."""
+    (0-based symbols), transition [B, S, S] and emission [B, S, K], uniform initial state.
+
+    The belief is carried unnormalized (the predictive is normalized at the end, so its scale cancels)
+    and renormalized only as often as underflow requires: each step multiplies its total mass by
+    sum_s b(s) E[s, o] >= emission_floor (rows of T sum to 1), so with a positive `emission_floor` (a
+    lower bound on every emission probability: the grid step for header HMMs) renormalizing every
+    k = 200 / log10(1 / floor) steps keeps the mass above 1e-200. Without one, every step."""
     B, L = obs.shape
     S, K = emission.shape[1:]
     T = transition.to(torch.float64)
     E = emission.to(torch.float64)
-    # likelihood[b, t, s] = E[b, s, o_t]
-    likelihood = E.gather(2, obs[:, None, :].expand(B, S, L)).transpose(1, 2)
-    prior = torch.empty(B, L, S, dtype=torch.float64)  # distribution of s_{t+1} given o_1..o_t
-    belief = torch.full((B, S), 1.0 / S, dtype=torch.float64)
-    prior[:, 0] = belief
+    every = max(1, int(200 / math.log10(1 / emission_floor))) if 0 < emission_floor < 1 else 1
+    # time-major, so that every step writes one contiguous block: likelihood[t, b, 0, s] = E[b, s, o_t]
+    likelihood = E.gather(2, obs[:, None, :].expand(B, S, L)).permute(2, 0, 1)[:, :, None]
+    belief = torch.empty(L, B, 1, S, dtype=torch.float64)  # ∝ distribution of s_{t+1} given o_1..o_t
+    belief[0] = 1.0 / S
     for t in range(L - 1):
-        filtered = belief * likelihood[:, t]
-        filtered = filtered / filtered.sum(-1, keepdim=True)
-        belief = torch.bmm(filtered.unsqueeze(1), T).squeeze(1)
-        prior[:, t + 1] = belief
-    pred = torch.bmm(prior, E)
+        torch.bmm(belief[t] * likelihood[t], T, out=belief[t + 1])
+        if (t + 1) % every == 0:
+            belief[t + 1] /= belief[t + 1].sum(-1, keepdim=True)
+    pred = torch.bmm(belief[:, :, 0].transpose(0, 1), E)
     return pred / pred.sum(-1, keepdim=True)
 
 
@@ -225,7 +232,8 @@ class HMM(Family):
         tokens[:, H + 1 :] = 1 + obs
 
         posterior = torch.zeros(B, self.seq_len, self.vocab_size, dtype=torch.float64)
-        posterior[:, H : H + L, 1 : 1 + K] = forward_predictive(obs, T, E)
+        floor = 1.0 / m if self.header else 0.0  # every header probability is at least one grid unit
+        posterior[:, H : H + L, 1 : 1 + K] = forward_predictive(obs, T, E, floor)
         scored = torch.zeros(B, self.seq_len, dtype=torch.bool)
         scored[:, H : H + L] = True
         latent = {"transition": T, "emission": E, "states": states}

@@ -67,9 +67,9 @@ class Recall(Family):
             tokens[:, _after(at)] = values[:, part] + 1 + K
 
         # Unseen key: uniform over values; seen key (in the pairs or an earlier answered query): its value.
-        seen = seen_before(keys, K)[..., None]  # [B, P+Q, 1]
-        value_post = torch.full((B, P + Q, NV), 1.0 / NV, dtype=torch.float64).masked_fill_(seen, 0.0)
-        value_post.scatter_add_(2, values[..., None], seen.to(torch.float64))
+        seen = seen_before(keys, K).to(torch.float64)[..., None]  # [B, P+Q, 1]
+        value_post = ((1.0 - seen) / NV).repeat(1, 1, NV)
+        value_post.scatter_add_(2, values[..., None], seen)
         posterior = torch.zeros(B, T, V, dtype=torch.float64)
         scored = torch.zeros(B, T, dtype=torch.bool)
         for at, part in ((pairs, slice(0, P)), (queries, slice(P, P + Q))):

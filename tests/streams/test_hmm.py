@@ -202,6 +202,36 @@ def test_header_hmm_samples_follow_latent_and_posterior():
         assert z.abs().max() < 5.5, z
 
 
+def numpy_filter(obs: np.ndarray, T: np.ndarray, E: np.ndarray) -> np.ndarray:
+    """The textbook forward filter, normalized at every step: [L, K] next-observation predictives."""
+    b = np.full(T.shape[0], 1.0 / T.shape[0])
+    rows = []
+    for o in obs:
+        rows.append(b @ E)
+        f = b * E[:, o]
+        b = (f / f.sum()) @ T
+    return np.array(rows)
+
+
+@pytest.mark.parametrize("header", [True, False])
+def test_long_sequences_do_not_underflow(header):
+    # 1500 observations: the unnormalized mass would fall below 1e-308 many times over (each step can
+    # multiply it by as little as the grid step, 0.05), so the family's sparse renormalization is used
+    # ~10 times; it must agree with the textbook filter to float64 precision.
+    params = {"n_states": 3, "n_symbols": 3, "length": 1500, "header": header}
+    if not header:
+        params.update(transition=FIXED_T, emission=FIXED_E)
+    fam = streams.make("hmm", **params)
+    batch = fam.sample(3, gen(11))
+    H = fam.header_len
+    for b in range(3):
+        T, E = batch.latent["transition"][b].numpy(), batch.latent["emission"][b].numpy()
+        obs = (batch.tokens[b, H + 1 :] - 1).numpy()
+        got = batch.posterior[b, H : H + 1500, 1:4].numpy()
+        assert np.isfinite(got).all()
+        np.testing.assert_allclose(got, numpy_filter(obs, T, E), rtol=0, atol=1e-12)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Determinism, parameters, validation
 
