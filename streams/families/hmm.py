@@ -79,8 +79,8 @@ def round_to_grid(p: torch.Tensor, m: int) -> torch.Tensor:
     floor = q.floor()
     leftover = (m - n) - floor.sum(-1, keepdim=True).long()  # in [0, n]: sum q = m - n up to rounding
     order = torch.argsort(floor - q, dim=-1, stable=True)  # largest remainder first
-    rank = torch.argsort(order, dim=-1)
-    return 1 + floor.long() + (rank < leftover).long()
+    bonus = torch.zeros_like(order).scatter_(-1, order, (torch.arange(n) < leftover).long())  # the first `leftover`
+    return 1 + floor.long() + bonus
 
 
 def grid_draw(units: torch.Tensor, rows: torch.Tensor, m: int, generator: torch.Generator) -> torch.Tensor:
