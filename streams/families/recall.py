@@ -57,27 +57,19 @@ class Recall(Family):
         keys = torch.randint(0, K, (B, P + Q), generator=generator)  # pair keys, then query keys
         values = table.gather(1, keys)
         T, V = self.seq_len, self.vocab_size
-        # Key positions are 0, 2, .., 2P-2 (pairs) and 2P+1, 2P+3, .. (queries): two strided slices, so
-        # every write below goes through a view (no index tensors). Values follow their keys.
-        pairs, queries = slice(0, 2 * P, 2), slice(2 * P + 1, T, 2)
-        tokens = torch.empty(B, T, dtype=torch.long)
-        tokens[:, 2 * P] = QUERY
-        for at, part in ((pairs, slice(0, P)), (queries, slice(P, P + Q))):
-            tokens[:, at] = keys[:, part] + 1
-            tokens[:, _after(at)] = values[:, part] + 1 + K
+        pairs = torch.stack([keys + 1, values + (1 + K)], dim=-1).reshape(B, 2 * (P + Q))
+        tokens = torch.cat([pairs[:, : 2 * P], torch.full((B, 1), QUERY), pairs[:, 2 * P :]], dim=1)
 
         # Unseen key: uniform over values; seen key (in the pairs or an earlier answered query): its value.
         seen = seen_before(keys, K).to(torch.float64)[..., None]  # [B, P+Q, 1]
         value_post = ((1.0 - seen) / NV).repeat(1, 1, NV)
         value_post.scatter_add_(2, values[..., None], seen)
+        # Key positions are 0, 2, .., 2P-2 (pairs) and 2P+1, 2P+3, .. (queries): two strided slices, so
+        # the posterior is written through views (no index tensors).
+        key_slices = ((slice(0, 2 * P, 2), slice(0, P)), (slice(2 * P + 1, T, 2), slice(P, P + Q)))
         posterior = torch.zeros(B, T, V, dtype=torch.float64)
-        scored = torch.zeros(B, T, dtype=torch.bool)
-        for at, part in ((pairs, slice(0, P)), (queries, slice(P, P + Q))):
+        scored = torch.zeros(T, dtype=torch.bool)
+        for at, part in key_slices:
             posterior[:, at, 1 + K :] = value_post[:, part]
-            scored[:, at] = True
-        return Batch(tokens, posterior, scored, {"map": table, "keys": keys})
-
-
-def _after(at: slice) -> slice:
-    """The positions right after a strided slice's (where the values of those keys sit)."""
-    return slice(at.start + 1, at.stop + 1 if at.stop is not None else None, at.step)
+            scored[at] = True
+        return Batch(tokens, posterior, scored.expand(B, T).clone(), {"map": table, "keys": keys})
