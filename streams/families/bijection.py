@@ -79,8 +79,9 @@ class Bijection(Family):
 
 
 def seen_before(keys: torch.Tensor, n_keys: int) -> torch.Tensor:
-    """`seen[b, i]`: keys[b, i] already appeared among keys[b, :i]: its running count, up to and including
-    position i, exceeds 1. Counts of one-hots, O(B·N·K) memory rather than the O(B·N²) of comparing all
-    pairs (long query streams); int32 and a plain scatter (one_hot checks its input's range first)."""
-    onehot = torch.zeros(*keys.shape, n_keys, dtype=torch.int32).scatter_(-1, keys[..., None], 1)
-    return onehot.cumsum(1, dtype=torch.int32).gather(2, keys[..., None]).squeeze(-1) > 1
+    """`seen[b, i]`: keys[b, i] already appeared among keys[b, :i], i.e. its first occurrence is earlier.
+    First occurrences by a scatter-min over positions: O(B·(N+K)) memory and work, no [B, N, K] one-hots."""
+    B, N = keys.shape
+    pos = torch.arange(N).expand(B, N)
+    first = torch.full((B, n_keys), N).scatter_reduce_(1, keys, pos, "amin")
+    return first.gather(1, keys) < pos
