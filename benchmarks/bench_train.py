@@ -12,7 +12,7 @@ round, so that load from other processes hits all of them alike):
   callback, a Checkpointer that never saves) — how a run trains, minus the evaluations themselves.
 - `bare`: a plain PyTorch loop over the same stream_loader: forward, sequence_loss, backward,
   clip_grad_norm_, AdamW step (same parameter groups), the same LambdaLR schedule.
-- `bare+module`: the bare loop, but calling WindTunnelModule.training_step and
+- `bare+module`: the bare loop, but calling WindTunnelModule.compute_loss and
   on_before_optimizer_step itself (its divergence check, token count and gradient-norm probe), so the
   gap between it and `lightning` is Lightning's own cost.
 Every run starts from the same initialization (parts.new_model(seed)); steady-state throughput is
@@ -114,15 +114,15 @@ def optimizer_and_schedule(model, cfg, total: int):
 
 
 def train_bare(parts, cfg, total: int, warmup: int, with_module: bool):
-    """The bare loop; with_module: the module's training_step and grad-norm hook inside it."""
+    """The bare loop; with_module: the module's compute_loss and clipping hook inside it."""
     t_start = time.perf_counter()
     device = parts.device
     model = parts.new_model(cfg.seed).to(device)
     module = WindTunnelModule(model, cfg.optim, cfg.loss, parts.stream, 0, total) if with_module else None
     opt, sched = optimizer_and_schedule(model, cfg, total)
-    # Lightning clips the optimizer's parameters in its group order; the same order here makes the
-    # summed norm round identically, so the weights stay bit-for-bit comparable.
-    params = [p for group in opt.param_groups for p in group["params"]]
+    # The module clips the model's parameters in model order; the same order here makes the summed norm
+    # round identically, so the weights stay bit-for-bit comparable.
+    params = list(model.parameters())
     t0 = c0 = first = 0.0
     for i, batch in enumerate(stream_loader(parts.stream, 0, total)):
         if i == 0:
@@ -133,14 +133,15 @@ def train_bare(parts, cfg, total: int, warmup: int, with_module: bool):
         batch = batch.to(device)
         if module is not None:
             module.on_train_batch_start(batch, i)
-            loss = module.training_step(batch, i)
+            loss = module.compute_loss(batch)
         else:
             loss = sequence_loss(model(batch.tokens), batch, cfg.loss)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if module is not None:
-            module.on_before_optimizer_step(opt)
-        torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+            module.on_before_optimizer_step(opt)  # clips (and keeps the norm for the probe)
+        else:
+            torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
         opt.step()
         sched.step()
     sync(device)

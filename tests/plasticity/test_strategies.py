@@ -81,7 +81,7 @@ def run_arm(strategy, stream=None, model=None, init_state=None, first_phase=1, l
     strategy.attach(module, stream, init_state)
     trainer = pl.Trainer(max_steps=end - start, max_epochs=1, accelerator="gpu" if device == "cuda" else "cpu",
                          devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, gradient_clip_val=1.0, num_sanity_val_steps=0,
+                         enable_model_summary=False, num_sanity_val_steps=0,
                          limit_val_batches=0, callbacks=[strategy])
     trainer.fit(module, stream_loader(stream, start, end))
     return module
