@@ -169,9 +169,10 @@ def run_callbacks(parts, cfg, total: int) -> list[pl.Callback]:
     with no eval steps, the progress callback and a Checkpointer that never saves. Their hooks still run
     on every step, as in a run. (Best effort: if their signatures change, the Trainer runs without them.)"""
     try:
-        from plasticity.checkpointing import Checkpointer, StopFlag
+        from plasticity.checkpointing import Checkpointer
         from plasticity.evaluation import Evaluator
         from plasticity.progress import RunProgress
+        from plasticity.stopping import StopFlag
 
         evaluator = Evaluator("bench", parts.stream, {}, set(), cfg.eval.batch_size, cfg.eval.probes, cfg.eval.tau,
                               None, "init", lambda rows: None)

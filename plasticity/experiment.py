@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from plasticity import distributed
-from plasticity.checkpointing import Checkpointer, StopFlag, load_checkpoint
+from plasticity.checkpointing import Checkpointer, load_checkpoint
 from plasticity.config import ConfigError, ExperimentConfig, to_container, validate
 from plasticity.evaluation import Evaluator, eval_schedule
 from plasticity.models import ModelConfig, build_model, count_parameters
@@ -37,6 +37,7 @@ from plasticity.module import DivergenceError, WindTunnelModule, stream_loader
 from plasticity.progress import RunProgress
 from plasticity.rundir import RunDir, atomic_torch_save
 from plasticity.sinks import RunSink, Sinks
+from plasticity.stopping import StopFlag
 from plasticity.strategies import Strategy, build_strategy
 from plasticity.summary import add_fresh, arm_summary
 from plasticity.wandb_sink import default_sinks

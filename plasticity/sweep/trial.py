@@ -63,13 +63,14 @@ def _message(e: BaseException) -> str:
 
 
 def _run_cli(args: list[str]) -> dict:
-    from plasticity.cli import build_parser
+    try:
+        from plasticity.cli import build_parser
 
-    try:
-        parsed = build_parser().parse_args(["run", *args])
-    except SystemExit as e:  # argparse; any other SystemExit (submitit requeueing the job) goes through
-        return {"status": "failed", "error": {"type": "SystemExit", "message": f"plasticity run exited with {e.code}"}}
-    try:
+        try:
+            parsed = build_parser().parse_args(["run", *args])
+        except SystemExit as e:  # argparse's; any other SystemExit (submitit requeueing the job) goes through
+            message = f"plasticity run exited with {e.code}"
+            return {"status": "failed", "error": {"type": "SystemExit", "message": message}}
         code = parsed.func(parsed)
     except Exception as e:  # noqa: BLE001 - the trial's failure is its result
         traceback.print_exc()
@@ -117,7 +118,7 @@ class TrialJob:
     def __call__(self, job: dict) -> dict:
         import signal
 
-        from plasticity.checkpointing import stop_signals
+        from plasticity.stopping import stop_signals  # torch-free: torch is imported by the run
 
         submitit_handler = signal.getsignal(stop_signals()[-1])  # installed by submitit before it called us
         result = run_trial(job)
