@@ -63,7 +63,7 @@ class Bijection(Family):
         values = perm.gather(1, keys)  # [B, P], value indices 0..K-1
         tokens = torch.stack([keys, values + K], dim=-1).reshape(B, 2 * P)
 
-        # shown[b, i, v] > 0: value v was shown before pair i (repeated keys show the same value again).
+        # free[b, i, v]: value v was not shown before pair i (repeated keys show the same value again).
         onehot = torch.nn.functional.one_hot(values, K).to(torch.float64)  # [B, P, K]
         free = (onehot.cumsum(1) - onehot) == 0
         posterior = torch.zeros(B, 2 * P, 2 * K, dtype=torch.float64)

@@ -209,7 +209,7 @@ class HMM(Family):
         return round_to_grid(t, self._units), round_to_grid(e, self._units)
 
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
-        B, S, K, L, m = batch_size, self.n_states, self.n_symbols, self.length, getattr(self, "_units", 0)
+        B, S, K, L, m = batch_size, self.n_states, self.n_symbols, self.length, self._units
         first = torch.randint(S, (B,), generator=generator)
         if self.header:  # integer grid units: exact draws by table lookup
             t_units, e_units = self._random_hmms(B, generator)
