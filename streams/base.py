@@ -47,6 +47,8 @@ class Batch:
         return self.posterior.shape[-1]
 
     def to(self, device: torch.device | str, posterior_dtype: torch.dtype | None = None) -> Batch:
+        """Tokens, posterior and mask on `device`; `latent` stays where it is (diagnostics that training
+        never reads, so no per-step transfer is paid for them)."""
         post = self.posterior.to(device=device, dtype=posterior_dtype or self.posterior.dtype)
         return Batch(self.tokens.to(device), post, self.scored.to(device), dict(self.latent))
 
