@@ -13,7 +13,7 @@ round, so that load from other processes hits all of them alike):
 - `bare`: a plain PyTorch loop over the same stream_loader: forward, sequence_loss, backward,
   clip_grad_norm_, AdamW step (same parameter groups), the same LambdaLR schedule.
 - `bare+module`: the bare loop, but calling WindTunnelModule.compute_loss and
-  on_before_optimizer_step itself (its divergence check, token count and gradient-norm probe), so the
+  on_before_optimizer_step itself (its divergence check, and clipping that keeps the gradient-norm probe), so the
   gap between it and `lightning` is Lightning's own cost.
 Every run starts from the same initialization (parts.new_model(seed)); steady-state throughput is
 timed from step `--warmup` to the last step. `end-to-end` also counts building the Trainer (or the

@@ -120,11 +120,12 @@ class TrialJob:
 
         from plasticity.stopping import stop_signals  # torch-free: torch is imported by the run
 
-        submitit_handler = signal.getsignal(stop_signals()[-1])  # installed by submitit before it called us
+        submitit_signal = stop_signals()[-1]
+        submitit_handler = signal.getsignal(submitit_signal)  # installed by submitit before it called us
         result = run_trial(job)
         if preempted(result) and os.environ.get("SUBMITIT_FOLDER") and callable(submitit_handler):
             print(f"trial {job['name']} stopped by a signal with its checkpoint; requeueing", flush=True)
-            submitit_handler(stop_signals()[-1], None)  # calls self.checkpoint, requeues, exits
+            submitit_handler(submitit_signal, None)  # calls self.checkpoint, requeues, exits
         return result
 
     def checkpoint(self, job: dict):
