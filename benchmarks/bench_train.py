@@ -7,7 +7,7 @@
 
 Three ways to train the same model on the same data, in interleaved rounds (the order rotates each
 round, so that load from other processes hits all of them alike):
-- `lightning`: WindTunnelModule + the pl.Trainer that plasticity.experiment._trainer builds, fit on
+- `lightning`: WindTunnelModule + the pl.Trainer of plasticity.train.trainer.make_trainer, fit on
   stream_loader, with the per-step callbacks of a run (an Evaluator with no eval steps, the progress
   callback, a Checkpointer that never saves) — how a run trains, minus the evaluations themselves.
 - `bare`: a plain PyTorch loop over the same stream_loader: forward, sequence_loss, backward,
@@ -15,14 +15,14 @@ round, so that load from other processes hits all of them alike):
 - `bare+module`: the bare loop, but calling WindTunnelModule.compute_loss and
   on_before_optimizer_step itself (its divergence check, and clipping that keeps the gradient-norm probe), so the
   gap between it and `lightning` is Lightning's own cost.
-Every run starts from the same initialization (parts.new_model(seed)); steady-state throughput is
+Every run starts from the same initialization (built.new_model(seed)); steady-state throughput is
 timed from step `--warmup` to the last step. `end-to-end` also counts building the Trainer (or the
 optimizer) and fit's setup and teardown; `startup` is the time from building the model to the start of
 the first batch. After each round the three models' weights are compared:
 identical data and optimizer make them agree (bit for bit on CPU). Besides wall time, the process CPU
 time per step is reported: with 1 thread it is much less sensitive to other processes sharing the cores.
 
-Then one plasticity.experiment.run on configs/experiment/smoke.yaml with the default transformer, the
+Then one plasticity.entry.run on configs/experiment/smoke.yaml with the default transformer, the
 bijection stream (configs/stream/bijection.yaml, default eval bank), eval.every=100 and the default eval
 batch size, once with wandb as the config resolves it and once with logger.wandb.mode=disabled;
 summary.json's timing.eval_fraction is the share of wall time spent evaluating.
@@ -44,10 +44,16 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from plasticity.config import load_config
-from plasticity.experiment import _trainer, build_parts, run
+from plasticity.entry import run
 from plasticity.models import count_parameters
-from plasticity.module import WindTunnelModule, lr_lambda, sequence_loss, stream_loader
+from plasticity.run import distributed
+from plasticity.run.build import build
+from plasticity.run.config import load_config
+from plasticity.train.data import stream_loader
+from plasticity.train.lightning_module import WindTunnelModule
+from plasticity.train.loss import sequence_loss
+from plasticity.train.optim import lr_lambda
+from plasticity.train.trainer import make_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 RATIO_TARGET = 0.95
@@ -155,7 +161,8 @@ def train_lightning(parts, cfg, total: int, warmup: int):
     module = WindTunnelModule(model, cfg.optim, cfg.loss, parts.stream, 0, total,
                               lr=cfg.optim.lr, schedule=cfg.optim.schedule, warmup_steps=cfg.optim.warmup_steps)
     timer = Timer(warmup, total - 1, parts.device)
-    _trainer(parts, cfg, total, [timer, *run_callbacks(parts, cfg, total)]).fit(
+    make_trainer(parts.device, total, [timer, *run_callbacks(parts, cfg, total)], cfg.trainer.deterministic,
+                 distributed.world_size(cfg), distributed.trainer_strategy(cfg, parts.device.type)).fit(
         module, stream_loader(parts.stream, 0, total))
     sync(parts.device)
     t_end = time.perf_counter()
@@ -165,18 +172,19 @@ def train_lightning(parts, cfg, total: int, warmup: int):
 
 
 def run_callbacks(parts, cfg, total: int) -> list[pl.Callback]:
-    """The per-step callbacks of Experiment._fit, minus the work they do only now and then: an Evaluator
-    with no eval steps, the progress callback and a Checkpointer that never saves. Their hooks still run
-    on every step, as in a run. (Best effort: if their signatures change, the Trainer runs without them.)"""
+    """The per-step callbacks of a unit's fit (plasticity.run.work_units), minus the work they do only now
+    and then: an Evaluator with no eval steps, the step counter and a Checkpointer that never saves. Their
+    hooks still run on every step, as in a run. (Best effort: if their signatures change, the Trainer runs
+    without them.)"""
     try:
-        from plasticity.checkpointing import Checkpointer
-        from plasticity.evaluation import Evaluator
-        from plasticity.progress import RunProgress
-        from plasticity.stopping import StopFlag
+        from plasticity.eval.evaluator import Evaluator
+        from plasticity.run.work_units import StepCounter, UnitEvents
+        from plasticity.train.checkpointing import Checkpointer
+        from plasticity.train.stopping import StopFlag
 
         evaluator = Evaluator("bench", parts.stream, {}, set(), cfg.eval.batch_size, cfg.eval.probes, cfg.eval.tau,
                               None, "init", lambda rows: None)
-        progress = RunProgress(enabled=False).callback("bench", total)
+        progress = StepCounter(UnitEvents(), "bench")
         tmp = Path(tempfile.gettempdir()) / f"bench_train_{os.getpid()}.pt"
         return [evaluator, progress, Checkpointer(tmp, 0, total, evaluator, None, StopFlag())]
     except Exception as e:  # noqa: BLE001
@@ -193,7 +201,7 @@ def bench_throughput(args, threads: int) -> list[str]:
     torch.set_num_threads(threads)
     total = args.warmup + args.steps
     cfg = config(args, threads, total)
-    parts = build_parts(cfg)
+    parts = build(cfg)
     # Lightning's deterministic=True (CPU) switches torch to deterministic algorithms for the rest of the
     # process; set it up front so that every arm runs under the same setting.
     torch.use_deterministic_algorithms(bool(cfg.trainer.deterministic and parts.device.type == "cpu"))
@@ -278,7 +286,7 @@ def bench_eval(args, threads: int) -> None:
             continue
         mode = label
         try:
-            from plasticity.wandb_sink import resolve_mode
+            from plasticity.sinks.wandb import resolve_mode
 
             mode = resolve_mode(cfg.logger.wandb.mode)
         except Exception:  # noqa: BLE001, S110
@@ -299,7 +307,7 @@ def bench_eval(args, threads: int) -> None:
             f"({mark}) | {t['train_tokens_per_second'] / 1e3:.1f} | {maxrss_mib():.0f}"
             + (f" | {cuda:.0f} |" if cuda is not None else " |") + f" {load0:.2f} → {load1:.2f} |"
         )
-    print(f"\nEvaluation cost: plasticity.experiment.run, smoke.yaml + stream=bijection + model=transformer, "
+    print(f"\nEvaluation cost: plasticity.entry.run, smoke.yaml + stream=bijection + model=transformer, "
           f"{args.eval_run_steps} steps, eval.every={cfg.eval.every}, eval bank {cfg.stream.eval_size} "
           f"sequences, eval.batch_size={cfg.eval.batch_size}, probes={cfg.eval.probes}, device {args.device}, "
           f"threads {threads}\n")

@@ -1,7 +1,7 @@
-"""`plasticity run|list`: the command line over plasticity.experiment.run.
+"""`plasticity run|list|sweep|report`: the command line.
 
 A configuration mistake prints one line (`error: <key>: <what is allowed>`) and exits with status 2
-before any training or file writes.
+before any training or file writes. `run` is plasticity.entry's command, shared with the sweep trials.
 """
 
 from __future__ import annotations
@@ -9,102 +9,36 @@ from __future__ import annotations
 import argparse
 import sys
 
-from plasticity.config import GROUPS, ConfigError, group_options, load_config
-
-EXIT_CONFIG = 2
-EXIT_PREEMPTED = 143  # 128 + SIGTERM, what a scheduler expects from a job it asked to stop
-
-
-def _print_table(summary: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    phases = summary["phases"]
-    title = f"KL to the exact posterior (bits per scored token) at the end of the stream — {summary['name']}"
-    table = Table(title=title)
-    table.add_column("arm")
-    for p in phases:
-        table.add_column(p, justify="right")
-    table.add_column("mean", justify="right")
-    table.add_column("forgetting", justify="right")
-    table.add_column("BWT (+ = worse)", justify="right")
-    arms = {a: r for a, r in summary["arms"].items() if "R_kl_bits" in r}
-    for arm, res in arms.items():
-        if res.get("diverged"):
-            table.add_row(arm, *("diverged" if j == 0 else "-" for j in range(len(phases) + 3)))
-            continue
-        last = res["R_kl_bits"][-1]
-        forgetting = res["forgetting_bits"]
-        table.add_row(
-            arm, *(f"{v:.4f}" for v in last), f"{res['final_kl_bits']:.4f}",
-            f"{max(forgetting):.4f}" if forgetting else "-", f"{res['bwt_bits']:+.4f}",
-        )
-    console.print(table)
-    for arm, res in summary["arms"].items():
-        if res.get("diverged"):
-            console.print(f"arm {arm} diverged: {res['diverged']}", markup=False)
-    arms = {a: r for a, r in arms.items() if not r.get("diverged")}
-    if len(arms) > 1:
-        for j, p in enumerate(phases):
-            best = min(arms, key=lambda a: arms[a]["R_kl_bits"][-1][j])
-            console.print(f"phase {j} ({p}): closest to the posterior at the end: [bold]{best}[/bold] "
-                          f"({arms[best]['R_kl_bits'][-1][j]:.4f} bits)")
-    t = summary["timing"]
-    tps = t["train_tokens_per_second"]
-    speed = f", training {tps:,.0f} tokens/s, evaluation {100 * t['eval_fraction']:.1f}% of wall time" if tps else ""
-    console.print(f"wall {t['wall_seconds']:.1f} s{speed}")
-    console.print(f"run directory: {summary['run_dir']}")
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    from plasticity.checkpointing import Preempted
-
-    try:
-        summary = _resume(args) if args.resume else _run(args)
-    except Preempted as e:
-        print(f"{e}; continue with: plasticity run --resume {args.resume or '<run dir>'}", file=sys.stderr)
-        return EXIT_PREEMPTED
-    _print_table(summary)
-    return 0
-
-
-def _resume(args: argparse.Namespace) -> dict:
-    if args.experiment or args.overrides:
-        raise ConfigError("--resume takes a run directory only: the run continues with the config it started with")
-    from plasticity.experiment import resume
-
-    return resume(args.resume)
-
-
-def _run(args: argparse.Namespace) -> dict:
-    experiment, overrides = args.experiment, list(args.overrides)
-    if experiment is not None and "=" in experiment:
-        overrides.insert(0, experiment)
-        experiment = None
-    from plasticity.config import validate
-
-    cfg = load_config(experiment, overrides)
-    validate(cfg)
-    from plasticity.experiment import run
-
-    return run(cfg)
+from plasticity.entry import EXIT_CONFIG, CommandParser, add_run_arguments, one_line
+from plasticity.run.config import GROUPS, ConfigError, group_options
+from plasticity.train.stopping import DivergenceError
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     import streams
     from plasticity.models import MODELS
     from plasticity.strategies import STRATEGIES
+    from streams.registry import field_defaults
+
+    def defaults(config_class) -> str:
+        return ", ".join(f"{k}={v}" for k, v in field_defaults(config_class).items())
 
     for group in GROUPS:
         print(f"{group}: {', '.join(group_options(group)) or '-'}")
-    print(f"models: {', '.join(sorted(MODELS))}")
-    print(f"strategies: {', '.join(sorted(STRATEGIES))}")
+    print("models:")
+    for name in MODELS.names():
+        cls = MODELS.classes[name]
+        print(f"  {name}({defaults(cls.Config)}): {cls.description}")
+    print("strategies:")
+    for name in STRATEGIES.names():
+        cls = STRATEGIES.classes[name]
+        print(f"  {name}({defaults(cls.Params)}): {cls.description}")
     print("families:")
     for info in streams.families():
         params = ", ".join(f"{k}={v}" for k, v in info.params.items())
         print(f"  {info.name}({params}): {info.description}")
     return 0
+
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -133,26 +67,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from plasticity.report import report
+    from plasticity.results.report import report
 
     return report(args.dirs, args.out, plots=not args.no_plots)
 
 
-class _Parser(argparse.ArgumentParser):
-    """Command-line mistakes too are one line and exit status 2 (argparse would print its usage first)."""
-
-    def error(self, message: str):
-        self.exit(EXIT_CONFIG, f"error: {self.prog}: {one_line(message)} (see {self.prog} --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="plasticity", description=__doc__.splitlines()[0])
+    parser = CommandParser(prog="plasticity", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run an experiment (default: the default experiment)")
-    run.add_argument("experiment", nargs="?", help="a name under configs/experiment or a YAML file")
-    run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. model=mlp trainer.threads=1")
-    run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoints")
-    run.set_defaults(func=cmd_run)
+    add_run_arguments(sub.add_parser("run", help="run an experiment (default: the default experiment)"))
     lst = sub.add_parser("list", help="list experiments, streams, models, strategies and task families")
     lst.set_defaults(func=cmd_list)
     sw = sub.add_parser("sweep", help="run a sweep file (wandb sweep format) locally or on Slurm; see docs/sweeps.md")
@@ -185,18 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {one_line(str(e))}", file=sys.stderr)
         return EXIT_CONFIG
-    except Exception as e:
-        from plasticity.module import DivergenceError  # loaded already by any run that can raise it
-
-        if not isinstance(e, DivergenceError):  # pretraining diverged: no arm can fork from it
-            raise
+    except DivergenceError as e:  # pretraining diverged: no arm can fork from it
         print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 1
-
-
-def one_line(text: str) -> str:
-    """Line breaks and control characters (from a user's key or value) escaped: the message stays one line."""
-    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
 
 
 if __name__ == "__main__":

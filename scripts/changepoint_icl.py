@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from plasticity.experiment import build_parts, load_run_config
+from plasticity.run.build import build
+from plasticity.run.config import load_run_config
 
 BINS = [(0, 0), (1, 1), (2, 2), (3, 4), (5, 8), (9, 16), (17, 10**9)]
 
@@ -44,11 +45,11 @@ def main() -> None:
     ap.add_argument("run_dir", type=Path)
     args = ap.parse_args()
     cfg = load_run_config(args.run_dir)
-    parts = build_parts(cfg)
-    stream = parts.stream
+    built = build(cfg)
+    stream = built.stream
     family = stream.phases[0].family
     bank = stream.eval_bank(0)
-    model = parts.new_model(cfg.seed)
+    model = built.new_model(cfg.seed)
     model.load_state_dict(torch.load(args.run_dir / "checkpoints" / "pretrained.pt", weights_only=True)["model"])
     model.eval()
     with torch.no_grad():

@@ -9,13 +9,14 @@ raise ValueError naming the parameter, the value and the allowed range.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
+
+from streams.checks import did_you_mean
+from streams.registry import Registry, field_defaults
 
 
 @dataclass
@@ -124,14 +125,8 @@ class Family:
         return f"{self.name}({args})"
 
 
-_FAMILIES: dict[str, type[Family]] = {}
-
-
-def register(cls: type[Family]) -> type[Family]:
-    if not cls.name or not cls.description:
-        raise TypeError(f"{cls.__name__} needs a name and a one-line description")
-    _FAMILIES[cls.name] = cls
-    return cls
+FAMILIES: Registry[type[Family]] = Registry("family", Family)
+register = FAMILIES.register  # @register on a Family dataclass with a name and a one-line description
 
 
 @dataclass(frozen=True)
@@ -142,36 +137,21 @@ class FamilyInfo:
     length_param: str | None
 
 
-def _default(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        return f.default_factory()  # type: ignore[misc]
-    return None
-
-
 def families() -> list[FamilyInfo]:
     """Every registered family with its parameters, their defaults and its description."""
     return [
-        FamilyInfo(c.name, c.description, {f.name: _default(f) for f in dataclasses.fields(c)}, c.length_param)
-        for c in sorted(_FAMILIES.values(), key=lambda c: c.name)
+        FamilyInfo(c.name, c.description, field_defaults(c), c.length_param)
+        for c in (FAMILIES.classes[n] for n in FAMILIES.names())
     ]
 
 
-def did_you_mean(word: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=1)
-    return f" Did you mean '{close[0]}'?" if close else ""
-
-
 def family_class(name: str) -> type[Family]:
-    if name not in _FAMILIES:
-        known = sorted(_FAMILIES)
-        raise ValueError(f"unknown family '{name}'; known families: {', '.join(known)}.{did_you_mean(name, known)}")
-    return _FAMILIES[name]
+    """A registered family by name, or one defined elsewhere by its import path `package.module:Class`."""
+    return FAMILIES.get(name)
 
 
 def make(name: str, **params: Any) -> Family:
-    """Build a family by name, e.g. `make("bijection", n_keys=8)`."""
+    """Build a family by name (or import path), e.g. `make("bijection", n_keys=8)`."""
     cls = family_class(name)
     allowed = [f.name for f in dataclasses.fields(cls)]
     for key in params:
@@ -181,44 +161,6 @@ def make(name: str, **params: Any) -> Family:
                 f"{did_you_mean(key, allowed)}"
             )
     return cls(**params)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Validation: one message shape everywhere, "<family>.<param>=<value>: must be <range>".
-
-
-# A sanity bound on every size (vocabulary, length, count): validation builds families, and a typo such as
-# n_symbols=10000000000 must be an error, not an allocation that takes the machine down.
-MAX_SIZE = 2**16
-
-
-def check_int(family: str, param: str, value: Any, low: int, high: float = math.inf) -> int:
-    bounded = min(high, MAX_SIZE)
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= bounded:
-        below = isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value < low
-        rng = f">= {low}" if high == math.inf and below else f"in [{low}, {int(bounded)}]"
-        raise ValueError(f"{family}.{param}={value!r}: must be an integer {rng}")
-    return int(value)
-
-
-def check_positive_floats(family: str, param: str, value: Any, n: int) -> tuple[float, ...]:
-    """A positive float, or a list of `n` positive floats; returned as a tuple of length n."""
-    values = list(value) if isinstance(value, (list, tuple)) else [value]
-    if isinstance(value, (list, tuple)) and len(values) != n:
-        raise ValueError(f"{family}.{param}={value!r}: must be a positive float or a list of {n} positive floats")
-    try:
-        floats = [float(v) for v in values]
-    except (TypeError, ValueError):
-        floats = [-1.0]
-    if any(isinstance(v, bool) for v in values) or not all(math.isfinite(v) and v > 0 for v in floats):
-        raise ValueError(f"{family}.{param}={value!r}: must be > 0 (a float, or a list of {n} floats)")
-    return tuple(floats) * (n if len(floats) == 1 else 1)
-
-
-def check_open_unit(family: str, param: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) < 1.0:
-        raise ValueError(f"{family}.{param}={value!r}: must be a float in the open interval (0, 1)")
-    return float(value)
 
 
 # ---------------------------------------------------------------------------------------------------

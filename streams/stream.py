@@ -19,7 +19,9 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from streams.base import MAX_SIZE, Batch, Family, did_you_mean, family_class, make
+from streams.base import Batch, Family, family_class, make
+from streams.checks import MAX_SIZE, did_you_mean
+from streams.seeding import make_generator
 
 TRANSITIONS = ("abrupt", "gradual", "cyclic")
 
@@ -79,12 +81,17 @@ class Phase:
     def end(self) -> int:
         return self.start + self.steps
 
+    def spaced_steps(self, n: int) -> list[int]:
+        """`n` stream steps evenly spaced over the phase, first and last included (fewer if it is shorter)."""
+        n = min(n, self.steps)
+        return torch.linspace(self.start, self.end - 1, n).round().long().unique().tolist()
+
 
 # ---------------------------------------------------------------------------------------------------
 # Validation: every message starts with the key path, "stream.phases[1].steps=0: must be ...".
 
 
-MAX_BATCH, MAX_REPEAT, MAX_PHASES = 2**20, 10_000, 100_000  # sanity bounds, like streams.base.MAX_SIZE
+MAX_BATCH, MAX_REPEAT, MAX_PHASES = 2**20, 10_000, 100_000  # sanity bounds, like streams.checks.MAX_SIZE
 
 
 def _int(where: str, value: Any, low: int, high: float = math.inf) -> int:
@@ -115,11 +122,6 @@ def _fields(where: str, raw: Any, cls: type) -> dict[str, Any]:
 
 def _optional_length(where: str, value: Any) -> int | None:
     return None if value is None else _int(where, value, 1, MAX_SIZE)
-
-
-def _seed_generator(*entropy: int) -> torch.Generator:
-    state = np.random.SeedSequence(list(entropy)).generate_state(1, np.uint64)[0]
-    return torch.Generator().manual_seed(int(state))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -184,7 +186,7 @@ class Stream:
                 k = len(tasks)
                 perm = None
                 if e["relabel"]:
-                    perm = torch.randperm(family.vocab_size, generator=_seed_generator(seed, k, _RELABEL))
+                    perm = torch.randperm(family.vocab_size, generator=make_generator(seed, k, _RELABEL))
                 task_name = name if repeat == 1 else f"{name}_{r}"
                 tasks.append(Task(k, task_name, family, eval_family, offset, perm))
                 task_steps.append(steps)
@@ -264,7 +266,7 @@ class Stream:
         `latent["phase"]` holds each sequence's phase index (other latents survive only when all
         parts of a mixed batch share them)."""
         step = self._check_step(step)
-        gen = _seed_generator(self.seed, step, _TRAIN)
+        gen = make_generator(self.seed, step, _TRAIN)
         parts, owners = [], []
         for p, n in self.mixture(step):
             task = self.tasks[self.phases[p].task_id]
@@ -281,7 +283,7 @@ class Stream:
         k = self.phases[phase_index].task_id
         if k not in self._banks:
             task = self.tasks[k]
-            raw = task.eval_family.sample(self.eval_size, _seed_generator(self.seed, k, _EVAL))
+            raw = task.eval_family.sample(self.eval_size, make_generator(self.seed, k, _EVAL))
             self._banks[k] = self._place(task, raw, raw.tokens.shape[1])
         return self._banks[k]
 

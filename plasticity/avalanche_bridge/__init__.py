@@ -2,7 +2,8 @@
 
 `strategy: avalanche.<Name>` in an arm's config runs `avalanche.training.<Name>` through our stream and
 our evaluator, next to the native arms and scored with the same Bayesian metrics. The core never
-imports this package; `plasticity.strategies.strategy_class` imports it lazily for `avalanche.*` names.
+imports this package: the strategy registry's prefix table (plasticity.strategies.base) names
+`avalanche_strategy_class`, imported only when an arm's strategy starts with `avalanche.`.
 
 - `benchmark`: the stream's phases as an Avalanche benchmark (one training experience per phase, in
   stream order; eval experiences from the eval banks);

@@ -77,13 +77,6 @@ def bank_dataset(bank: Batch) -> TaskAwareSupervisedClassificationDataset:
     return sequence_dataset(bank.tokens, next_token_targets(bank), bank.posterior)
 
 
-def phase0_steps(stream: Stream, n: int) -> list[int]:
-    """`n` steps evenly spaced over phase 0 (as native EWC picks its Fisher batches)."""
-    p = stream.phases[0]
-    n = min(n, p.steps)
-    return torch.linspace(p.start, p.end - 1, n).round().long().unique().tolist()
-
-
 @dataclass
 class StreamBenchmark:
     """An Avalanche scenario over a stream; `train_phases[i]` is the phase of train experience i."""
@@ -109,7 +102,7 @@ def stream_benchmark(stream: Stream, banks: dict[int, Batch] | None = None, firs
     banks = stream.eval_banks() if banks is None else banks
     train, phases, steps = [], [], []
     if phase0_batches > 0 and first_phase > 0:
-        s0 = phase0_steps(stream, phase0_batches)
+        s0 = stream.phases[0].spaced_steps(phase0_batches)  # as native EWC picks its Fisher batches
         train.append(steps_dataset(stream, s0, phase=0))
         phases.append(0)
         steps.append(s0)

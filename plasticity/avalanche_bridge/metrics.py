@@ -2,7 +2,7 @@
 
 Avalanche's built-in accuracy and forgetting metrics assume one label per sample; this metric reads the
 posterior that rides along in every eval sample (`benchmark.bank_dataset`) and accumulates exactly what
-`plasticity.evaluation.evaluate_bank` does (`CalibrationAccumulator`, float64 from the logits). After
+`plasticity.eval.evaluator.evaluate_bank` does (`CalibrationAccumulator`, float64 from the logits). After
 each eval experience it emits `KL_bits/eval_phase/Exp{j:03d}`; evaluated on all phases after training
 experience i, it fills row i of the R matrix (`R[i][j]`: bits per scored token on phase j's eval bank),
 the same `R_kl_bits` as a native arm's summary.
@@ -14,7 +14,7 @@ from avalanche.evaluation import PluginMetric
 from avalanche.evaluation.metric_results import MetricValue
 
 from plasticity.avalanche_bridge.model import IGNORE_INDEX
-from plasticity.metrics import CalibrationAccumulator
+from plasticity.eval.calibration import CalibrationAccumulator
 
 
 class PosteriorKL(PluginMetric[float]):

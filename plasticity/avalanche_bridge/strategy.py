@@ -15,7 +15,6 @@ from __future__ import annotations
 import inspect
 import math
 import os
-import sys
 import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -33,10 +32,11 @@ from plasticity.avalanche_bridge.benchmark import StreamBenchmark, stream_benchm
 from plasticity.avalanche_bridge.fixes import avalanche_fixes
 from plasticity.avalanche_bridge.metrics import PosteriorKL
 from plasticity.avalanche_bridge.model import SequenceLogits, sequence_criterion, unwrap
-from plasticity.avalanche_bridge.plugins import StreamSteps
-from plasticity.module import DivergenceError, WindTunnelModule
-from plasticity.strategies.base import Strategy, check_param
-from streams.base import did_you_mean
+from plasticity.avalanche_bridge.plugins import StepPlugin
+from plasticity.strategies.base import ArmLoop, Strategy, check_param
+from plasticity.train.optim import build_optimizer, build_scheduler
+from plasticity.train.stopping import DivergenceError
+from streams.checks import did_you_mean
 
 PREFIX = "avalanche."
 # Constructor arguments the bridge sets itself: they are what makes the arm comparable to native ones.
@@ -160,49 +160,42 @@ class AvalancheArm(Strategy):
                     "true or false")
 
     # ------------------------------------------------------------------ the arm
-    def build(self, experiment, model, evaluator, start: int, end: int, plugins: Sequence = ()
-              ) -> tuple[Any, StreamBenchmark, StreamSteps]:
-        """The Avalanche strategy over `model`, the benchmark for stream steps [start, end), and the
-        step plugin; nothing is trained yet. `plugins` (instances) run right after the step plugin."""
-        cfg, stream = experiment.cfg, experiment.stream
+    def build(self, loop: ArmLoop, plugins: Sequence = ()) -> tuple[Any, StreamBenchmark, StepPlugin]:
+        """The Avalanche strategy over `loop.model`, the benchmark for stream steps [loop.start, loop.end),
+        and the step plugin; nothing is trained yet. `plugins` (instances) run right after the step plugin."""
+        stream, start, end = loop.stream, loop.start, loop.end
         first = stream.phase_at(start)
         if stream.phases[first].start != start or end != stream.total_steps:
             raise ValueError(f"strategy '{self.name}': an Avalanche arm trains whole phases to the end of "
                              f"the stream (got steps [{start}, {end}))")
-        benchmark = stream_benchmark(stream, evaluator.banks, first, self.params.phase0_batches)
+        benchmark = stream_benchmark(stream, loop.evaluator.banks, first, self.params.phase0_batches)
         # The native online arm's optimizer, built by the same code: AdamW, decay only on matrices.
-        module = WindTunnelModule(model, cfg.optim, cfg.loss, stream, start, end - start,
-                                  lr=cfg.optim.online_lr, schedule="constant", warmup_steps=0)
-        configured = module.configure_optimizers()
-        optimizer, scheduler = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
-        steps = StreamSteps(benchmark, stream, evaluator, cfg.optim.grad_clip, scheduler,
-                            getattr(experiment, "progress", None), getattr(experiment, "stop", None))
+        optimizer = build_optimizer(loop.model, loop.optim, loop.optim.online_lr)
+        scheduler = build_scheduler(optimizer, "constant", 0, end - start, loop.optim.min_lr_ratio)
+        steps = StepPlugin(benchmark, loop, scheduler)
         self.kl_metric = PosteriorKL(benchmark.train_phases)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*No loggers specified.*")  # we log through our sinks
             evaluation = EvaluationPlugin(self.kl_metric, loggers=[])
         extra = [plugin_classes()[n](**_instantiate(kw or {})) for n, kw in self.params.plugins.items()]
         strategy = self.avalanche_class(
-            model=SequenceLogits(model), optimizer=optimizer, criterion=sequence_criterion(),
-            train_mb_size=stream.batch_size, train_epochs=1, eval_mb_size=cfg.eval.batch_size,
-            device=experiment.parts.device, plugins=[steps, *plugins, *extra], evaluator=evaluation, eval_every=-1,
+            model=SequenceLogits(loop.model), optimizer=optimizer, criterion=sequence_criterion(),
+            train_mb_size=stream.batch_size, train_epochs=1, eval_mb_size=loop.eval_batch_size,
+            device=loop.device, plugins=[steps, *plugins, *extra], evaluator=evaluation, eval_every=-1,
             **_instantiate(self.params.kwargs),
         )
         return strategy, benchmark, steps
 
-    def run_arm(self, experiment, arm: str, model, evaluator, start: int, end: int, plugins: Sequence = ()
-                ) -> str | None:
-        strategy, benchmark, steps = self.build(experiment, model, evaluator, start, end, plugins)
+    def run_arm(self, loop: ArmLoop, plugins: Sequence = ()) -> str | None:
+        strategy, benchmark, steps = self.build(loop, plugins)
         self.avalanche_strategy, self.benchmark = strategy, benchmark
-        if getattr(experiment, "progress", None) is not None:
-            experiment.progress.callback(arm, end - start)  # names the arm on the progress bar
         with quiet_avalanche_deprecations(), avalanche_fixes():
-            diverged = self._train(strategy, benchmark, model, steps, experiment, arm)
+            diverged = self._train(strategy, benchmark, loop.model)
         self.avalanche_R = {i: [row[j] for j in sorted(row)] for i, row in self.kl_metric.R.items()}
-        self._cross_check(arm, evaluator)
+        self._cross_check(loop.arm, loop.evaluator)
         return diverged
 
-    def _train(self, strategy, benchmark, model, steps, experiment, arm) -> str | None:
+    def _train(self, strategy, benchmark, model) -> str | None:
         diverged = None
         try:
             for i, exp in enumerate(benchmark.train_stream):
@@ -213,14 +206,11 @@ class AvalancheArm(Strategy):
                 if self.params.avalanche_eval:
                     strategy.eval(benchmark.test_stream, num_workers=0)
         except DivergenceError as e:
-            diverged = str(e)
-            print(f"warning: arm '{arm}' diverged: {diverged}; other arms continue", file=sys.stderr)
+            diverged = str(e)  # the experiment reports it, as for a native arm
         finally:
             trained = unwrap(strategy.model)  # GDumb, for one, trains a copy of the model
             if trained is not model:
                 model.load_state_dict(trained.state_dict())
-            if hasattr(experiment, "train_tokens"):
-                experiment.train_tokens += steps.iterations * experiment.stream.batch_size * experiment.stream.seq_len
         return diverged
 
     def _consolidate(self, strategy, exp) -> None:

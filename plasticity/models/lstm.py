@@ -3,18 +3,40 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from plasticity.models import ModelConfig, UnitLayer
+from plasticity.models.registry import register
+from plasticity.models.units import UnitLayer
+from streams.checks import check_int
 
 
+@dataclass
+class LSTMConfig:
+    n_layers: int = 2  # stacked LSTM layers
+    hidden: int = 256  # LSTM hidden size (and the width of the GELU layer after it)
+    d_model: int = 64  # token-embedding width
+    dropout: float = 0.0  # between LSTM layers
+
+    def __post_init__(self) -> None:
+        check_int("model", "n_layers", self.n_layers, 1, 1024)
+        check_int("model", "hidden", self.hidden, 1)
+        check_int("model", "d_model", self.d_model, 1)
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise ValueError(f"model.dropout={self.dropout!r}: must be in [0, 1)")
+
+
+@register
 class LSTM(nn.Module):
-    def __init__(self, cfg: ModelConfig, vocab_size: int, max_seq_len: int):
+    name = "lstm"
+    description = "LSTM over token embeddings, then one GELU layer"
+    Config = LSTMConfig
+    width_param = "hidden"
+
+    def __init__(self, cfg: LSTMConfig, vocab_size: int, max_seq_len: int):
         super().__init__()
-        if cfg.hidden < 1 or cfg.n_layers < 1:
-            raise ValueError(f"model.hidden={cfg.hidden}, model.n_layers={cfg.n_layers}: both must be >= 1")
         self.cfg, self.vocab_size, self.max_seq_len = cfg, vocab_size, max_seq_len
         self.embed = nn.Embedding(vocab_size, cfg.d_model)
         self.lstm = nn.LSTM(

@@ -10,22 +10,44 @@ prefix, a linear map is a sum of per-position contributions, so the pre-activati
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from plasticity.models import ModelConfig, UnitLayer
+from plasticity.models.registry import register
+from plasticity.models.units import UnitLayer
+from streams.checks import check_int
+
+INPUTS = ("onehot", "embed")
 
 
+@dataclass
+class MLPConfig:
+    hidden: int = 256  # width of every hidden layer
+    depth: int = 2  # hidden layers
+    input: str = "onehot"  # how the MLP sees the prefix: one-hot per position, or an embedding per position
+    d_model: int = 64  # the embedding width with input="embed"
+
+    def __post_init__(self) -> None:
+        check_int("model", "hidden", self.hidden, 1)
+        check_int("model", "depth", self.depth, 1, 1024)
+        check_int("model", "d_model", self.d_model, 1)
+        if self.input not in INPUTS:
+            raise ValueError(f"model.input={self.input!r}: must be one of {', '.join(INPUTS)}")
+
+
+@register
 class PrefixMLP(nn.Module):
-    def __init__(self, cfg: ModelConfig, vocab_size: int, max_seq_len: int):
+    name = "mlp"
+    description = "MLP over the whole zero-padded prefix (no attention, no recurrence)"
+    Config = MLPConfig
+    width_param = "hidden"
+
+    def __init__(self, cfg: MLPConfig, vocab_size: int, max_seq_len: int):
         super().__init__()
-        if cfg.mlp_input not in ("onehot", "embed"):
-            raise ValueError(f"model.mlp_input={cfg.mlp_input!r}: must be 'onehot' or 'embed'")
-        if cfg.depth < 1 or cfg.hidden < 1:
-            raise ValueError(f"model.depth={cfg.depth}, model.hidden={cfg.hidden}: both must be >= 1")
         self.cfg, self.vocab_size, self.max_seq_len = cfg, vocab_size, max_seq_len
-        self.embed = nn.Embedding(vocab_size, cfg.d_model) if cfg.mlp_input == "embed" else None
+        self.embed = nn.Embedding(vocab_size, cfg.d_model) if cfg.input == "embed" else None
         per_position = vocab_size if self.embed is None else cfg.d_model
         widths = [max_seq_len * per_position] + [cfg.hidden] * cfg.depth
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))

@@ -4,12 +4,17 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from plasticity.models import ModelConfig, UnitLayer
+from plasticity.models.registry import register
+from plasticity.models.units import UnitLayer
+from streams.checks import check_int
+
+MAX_LAYERS = 1024
 
 INIT_STD = 0.02
 
@@ -28,8 +33,32 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
+@dataclass
+class TransformerConfig:
+    n_layers: int = 2
+    d_model: int = 64
+    n_heads: int = 4
+    d_ff: int = 256
+    dropout: float = 0.0
+    rotary: bool = False  # rotary positions instead of learned absolute ones
+
+    def __post_init__(self) -> None:
+        check_int("model", "n_layers", self.n_layers, 1, MAX_LAYERS)
+        for key in ("d_model", "n_heads", "d_ff"):
+            check_int("model", key, getattr(self, key), 1)
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise ValueError(f"model.dropout={self.dropout!r}: must be in [0, 1)")
+        if not isinstance(self.rotary, bool):
+            raise ValueError(f"model.rotary={self.rotary!r}: must be true or false")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"model.d_model={self.d_model} must be divisible by model.n_heads={self.n_heads}")
+        if self.rotary and (self.d_model // self.n_heads) % 2:
+            raise ValueError(f"model.rotary: rotary positions need an even head size, "
+                             f"got {self.d_model // self.n_heads}")
+
+
 class CausalSelfAttention(nn.Module):
-    def __init__(self, cfg: ModelConfig, max_seq_len: int):
+    def __init__(self, cfg: TransformerConfig, max_seq_len: int):
         super().__init__()
         self.n_heads, self.dropout = cfg.n_heads, cfg.dropout
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
@@ -54,7 +83,7 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.fc = nn.Linear(cfg.d_model, cfg.d_ff)
         self.act = nn.GELU()
@@ -66,7 +95,7 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig, max_seq_len: int):
+    def __init__(self, cfg: TransformerConfig, max_seq_len: int):
         super().__init__()
         self.ln1 = nn.LayerNorm(cfg.d_model)
         self.attn = CausalSelfAttention(cfg, max_seq_len)
@@ -78,13 +107,15 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
+@register
 class Transformer(nn.Module):
-    def __init__(self, cfg: ModelConfig, vocab_size: int, max_seq_len: int):
+    name = "transformer"
+    description = "causal pre-LayerNorm transformer (nanoGPT style), learned or rotary positions"
+    Config = TransformerConfig
+    width_param = None  # the reference the baselines are matched to
+
+    def __init__(self, cfg: TransformerConfig, vocab_size: int, max_seq_len: int):
         super().__init__()
-        if cfg.d_model % cfg.n_heads:
-            raise ValueError(f"model.d_model={cfg.d_model} must be divisible by model.n_heads={cfg.n_heads}")
-        if cfg.rotary and (cfg.d_model // cfg.n_heads) % 2:
-            raise ValueError(f"rotary positions need an even head size, got {cfg.d_model // cfg.n_heads}")
         self.cfg, self.vocab_size, self.max_seq_len = cfg, vocab_size, max_seq_len
         self.tok_emb = nn.Embedding(vocab_size, cfg.d_model)
         self.pos_emb = None if cfg.rotary else nn.Embedding(max_seq_len, cfg.d_model)

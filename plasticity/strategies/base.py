@@ -1,9 +1,11 @@
 """The strategy contract: a Lightning Callback plus optional loss terms, batch transforms and phase hooks.
 
-A strategy is built once per arm from its config entry (`{strategy: NAME, ...params}`), attached to the
-arm's module and registered with the arm's Trainer, so any Lightning hook (on_after_backward,
-on_train_batch_end, ...) is available too. Parameters are a dataclass `Params`: unknown keys and
-out-of-range values raise ValueError naming the key.
+A strategy is one file: a `Strategy` subclass decorated with `@register`, with a `name`, a one-line
+`description` and its parameters as a dataclass `Params` (their defaults live there and nowhere else).
+It is built once per arm from its config entry (`{strategy: NAME, ...params}`; a strategy defined
+outside the package: `strategy: package.module:Class`), attached to the arm's module and registered with
+the arm's Trainer, so any Lightning hook (on_after_backward, on_train_batch_end, ...) is available too.
+Unknown keys and out-of-range values raise ValueError naming the key.
 
 Resume: a checkpoint holds `state_dict()`, and a resumed arm calls `load_state_dict(state)` right after
 `attach` (on_phase_start is not called again), so a strategy whose future depends on anything attach
@@ -15,24 +17,34 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import pytorch_lightning as pl
 import torch
+from torch import nn
 
-if TYPE_CHECKING:
-    from plasticity.module import WindTunnelModule
+from streams.checks import did_you_mean
+from streams.registry import Registry
+from streams.seeding import derive_seed, make_generator
+
+if TYPE_CHECKING:  # the module trains the strategies: it sits a layer above them
+    from plasticity.train.lightning_module import WindTunnelModule
     from streams import Batch, Stream
 
 
 class Strategy(pl.Callback):
     name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
     frozen: ClassVar[bool] = False  # True: weights never change; the arm is evaluated, not trained
     # True: the strategy trains the arm with its own loop (`run_arm`), e.g. the Avalanche bridge
     external_loop: ClassVar[bool] = False
     # The `loss` settings the strategy can train with (None: any); checked before the run starts
     losses: ClassVar[tuple[str, ...] | None] = None
+    # False: it edits weights outside the optimizer step from process-local statistics or noise, so under
+    # DDP (trainer.devices > 1) the processes' weights would drift apart; such an arm refuses DDP.
+    ddp_safe: ClassVar[bool] = True
 
     @dataclass
     class Params:
@@ -42,8 +54,6 @@ class Strategy(pl.Callback):
         allowed = [f.name for f in dataclasses.fields(self.Params)]
         for key in params:
             if key not in allowed:
-                from streams.base import did_you_mean
-
                 choices = ", ".join(allowed) if allowed else "(none)"
                 hint = did_you_mean(key, allowed)
                 raise ValueError(f"strategy '{self.name}': unknown parameter '{key}'; allowed: {choices}.{hint}")
@@ -69,10 +79,10 @@ class Strategy(pl.Callback):
         self.init_state = {k: v.detach().clone() for k, v in init_state.items()}
         self.start_state = {k: v.detach().clone() for k, v in module.model.state_dict().items()}
 
-    def run_arm(self, experiment, arm: str, model, evaluator, start: int, end: int) -> str | None:
-        """For `external_loop` strategies: train `model` on stream steps [start, end), calling
-        `evaluator.evaluate(model, step)` at every step in `evaluator.eval_steps`; return a divergence
-        message or None."""
+    def run_arm(self, loop: ArmLoop) -> str | None:
+        """For `external_loop` strategies: train `loop.model` on stream steps [loop.start, loop.end),
+        calling `loop.evaluator.evaluate(model, step)` at every step in `loop.evaluator.eval_steps` and
+        `loop.on_step()` after every training step; return a divergence message or None."""
         raise NotImplementedError
 
     def on_phase_start(self, module: WindTunnelModule, phase: int) -> None:
@@ -103,6 +113,48 @@ class Strategy(pl.Callback):
                   "an uninterrupted run", file=sys.stderr, flush=True)
 
 
+@dataclass
+class ArmLoop:
+    """What an `external_loop` strategy gets to train an arm with its own loop: the arm's model, the stream
+    steps to train, its evaluator, and the experiment's settings that make the arm comparable to native
+    ones. `on_step()` is called after every training step (progress, token count); `stop_requested()` says
+    a stop signal asked the run to checkpoint and stop."""
+
+    arm: str
+    model: nn.Module
+    stream: Stream
+    start: int
+    end: int
+    evaluator: Any  # plasticity.eval.evaluator.Evaluator (a layer above strategies)
+    device: torch.device
+    optim: Any  # plasticity.train.optim.OptimConfig
+    loss: str
+    eval_batch_size: int
+    on_step: Callable[[], None] = lambda: None
+    stop_requested: Callable[[], bool] = lambda: False
+
+
+STRATEGIES: Registry[type[Strategy]] = Registry(
+    "strategy", Strategy,
+    # Extras that bring a family of strategies: names with the prefix are resolved by the function, which is
+    # imported only when such a name is used.
+    prefixes={"avalanche.": ("plasticity.avalanche_bridge:avalanche_strategy_class",
+                             "the avalanche extra: pip install -e '.[avalanche]' -c constraints.txt")},
+)
+register = STRATEGIES.register  # @register on a Strategy subclass with a name and a one-line description
+
+
+def build_strategy(arm: str, entry: dict[str, Any]) -> Strategy:
+    entry = dict(entry)
+    name = entry.pop("strategy", None)
+    if not isinstance(name, str):
+        raise ValueError(f"arms.{arm}.strategy: missing; give a strategy name (e.g. naive, ewc) or an import path")
+    try:
+        return STRATEGIES.get(name)(**entry)
+    except ValueError as e:
+        raise ValueError(f"arms.{arm}: {e}") from None
+
+
 _BASE_ATTRIBUTES = {"params", "module", "stream", "init_state", "start_state"}
 
 
@@ -126,6 +178,16 @@ def cpu_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def tensors_to(tensors: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     """Copies on `device`, for load_state_dict (the checkpoint may have been mapped elsewhere)."""
     return {k: v.detach().to(device, copy=True) for k, v in tensors.items()}
+
+
+def strategy_seed(*entropy: int) -> int:
+    """The seed of a strategy's own draws, mixed from integers (the stream's seed, the strategy's, a counter)."""
+    return derive_seed(*entropy, bits=63)
+
+
+def strategy_generator(*entropy: int) -> torch.Generator:
+    """A CPU generator for a strategy's own draws (the same on CPU and CUDA runs)."""
+    return make_generator(*entropy, bits=63)
 
 
 def set_generator_state(generator: torch.Generator, state: torch.Tensor) -> None:

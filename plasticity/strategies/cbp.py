@@ -16,17 +16,29 @@ nothing is replaced during the first `maturity_threshold` steps, which lets the 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
-from plasticity.strategies.base import Strategy, check_param, cpu_tensors, set_generator_state, tensors_to
-from plasticity.strategies.units import ActivityCapture, make_generator, optimizer_of, reinit_units
+from plasticity.models.units import ActivityCapture
+from plasticity.strategies.base import (
+    Strategy,
+    check_param,
+    cpu_tensors,
+    register,
+    set_generator_state,
+    strategy_generator,
+    tensors_to,
+)
+from plasticity.strategies.reinit import optimizer_of, reinit_units
+from streams.checks import is_number
 
 
+@register
 class CBP(Strategy):
     name = "cbp"
+    description = "continual backprop: replace the mature hidden units of lowest utility (Dohare et al. 2024)"
+    ddp_safe = False  # edits weights outside the optimizer step, per process
 
     @dataclass
     class Params:
@@ -36,10 +48,9 @@ class CBP(Strategy):
         seed: int = 0  # for the re-drawn weights; mixed with the stream's seed
 
     def check(self, p: Params) -> None:
-        num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
         check_param(self.name, "replacement_rate", p.replacement_rate,
-                    num(p.replacement_rate) and 0 <= p.replacement_rate <= 1, "in [0, 1]")
-        check_param(self.name, "decay_rate", p.decay_rate, num(p.decay_rate) and 0 <= p.decay_rate < 1,
+                    is_number(p.replacement_rate) and 0 <= p.replacement_rate <= 1, "in [0, 1]")
+        check_param(self.name, "decay_rate", p.decay_rate, is_number(p.decay_rate) and 0 <= p.decay_rate < 1,
                     "in [0, 1)")
         check_param(self.name, "maturity_threshold", p.maturity_threshold,
                     type(p.maturity_threshold) is int and p.maturity_threshold >= 0, "an integer >= 0")
@@ -48,7 +59,7 @@ class CBP(Strategy):
     def attach(self, module, stream, init_state) -> None:
         super().attach(module, stream, init_state)
         self.layers = module.model.unit_layers()
-        self.generator = make_generator(stream.seed, self.params.seed, 0x6362)
+        self.generator = strategy_generator(stream.seed, self.params.seed, 0x6362)
         dev = next(module.model.parameters()).device
         self.utility = {u.name: torch.zeros(u.n_units, device=dev) for u in self.layers}
         self.age = {u.name: torch.zeros(u.n_units, dtype=torch.long, device=dev) for u in self.layers}

@@ -14,16 +14,23 @@ unbiased estimate of the mean per-token Fisher); with `empirical` they are the d
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from plasticity.strategies.base import Strategy, check_param, cpu_tensors, set_generator_state, tensors_to
-from plasticity.strategies.units import make_generator
+from plasticity.strategies.base import (
+    Strategy,
+    check_param,
+    cpu_tensors,
+    register,
+    set_generator_state,
+    strategy_generator,
+    tensors_to,
+)
 from streams import Batch
+from streams.checks import is_number
 
 
 def fisher_targets(logits: torch.Tensor, batch: Batch, empirical: bool, generator: torch.Generator) -> torch.Tensor:
@@ -64,8 +71,10 @@ def fisher_diagonal(model: nn.Module, batches: list[Batch], empirical: bool, gen
     return {n: f / max(n_tokens, 1) for n, f in fisher.items()}
 
 
+@register
 class EWC(Strategy):
     name = "ewc"
+    description = "online elastic weight consolidation: a diagonal-Fisher penalty per phase (Kirkpatrick et al. 2017)"
 
     @dataclass
     class Params:
@@ -76,9 +85,8 @@ class EWC(Strategy):
         seed: int = 0  # for the sampled labels; mixed with the stream's seed
 
     def check(self, p: Params) -> None:
-        num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-        check_param(self.name, "lam", p.lam, num(p.lam) and p.lam >= 0, "a finite number >= 0")
-        check_param(self.name, "gamma", p.gamma, num(p.gamma) and 0 <= p.gamma <= 1, "in [0, 1]")
+        check_param(self.name, "lam", p.lam, is_number(p.lam) and p.lam >= 0, "a finite number >= 0")
+        check_param(self.name, "gamma", p.gamma, is_number(p.gamma) and 0 <= p.gamma <= 1, "in [0, 1]")
         check_param(self.name, "fisher_batches", p.fisher_batches,
                     type(p.fisher_batches) is int and p.fisher_batches >= 1, "an integer >= 1")
         if p.fisher is True:  # YAML reads an unquoted `fisher: true` as a boolean
@@ -88,7 +96,7 @@ class EWC(Strategy):
 
     def attach(self, module, stream, init_state) -> None:
         super().attach(module, stream, init_state)
-        self.generator = make_generator(stream.seed, self.params.seed, 0x6577)
+        self.generator = strategy_generator(stream.seed, self.params.seed, 0x6577)
         self.fisher: dict[str, torch.Tensor] = {}
         self.anchor: dict[str, torch.Tensor] = {}
         self._consolidate(module, 0)  # the pretraining phase, at the weights the arm starts from
@@ -105,11 +113,8 @@ class EWC(Strategy):
     def phase_batches(self, phase: int, device: torch.device) -> list[Batch]:
         """`fisher_batches` batches at evenly spaced steps of the phase, only that phase's sequences
         (a gradual transition mixes neighbours into a batch)."""
-        p = self.stream.phases[phase]
-        n = min(self.params.fisher_batches, p.steps)
-        steps = torch.linspace(p.start, p.end - 1, n).round().long().unique().tolist()
         out = []
-        for step in steps:
+        for step in self.stream.phases[phase].spaced_steps(self.params.fisher_batches):
             batch = self.stream.batch(step)
             if "phase" in batch.latent:
                 batch = batch[batch.latent["phase"] == phase]

@@ -11,14 +11,16 @@ mild pull for the small models here (a transformer of ~10⁵ parameters, 0.02-sc
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-from plasticity.strategies.base import Strategy, check_param, cpu_tensors
+from plasticity.strategies.base import Strategy, check_param, cpu_tensors, register
+from streams.checks import is_number
 
 
+@register
 class L2Init(Strategy):
     name = "l2_init"
+    description = "regenerative regularization toward the initial (or pretrained) weights (Kumar et al. 2023)"
 
     @dataclass
     class Params:
@@ -26,8 +28,7 @@ class L2Init(Strategy):
         target: str = "init"  # init: the random initialization | start: the weights the arm started from
 
     def check(self, p: Params) -> None:
-        ok = isinstance(p.lam, (int, float)) and not isinstance(p.lam, bool) and math.isfinite(p.lam)
-        check_param(self.name, "lam", p.lam, ok and p.lam >= 0, "a finite number >= 0")
+        check_param(self.name, "lam", p.lam, is_number(p.lam) and p.lam >= 0, "a finite number >= 0")
         check_param(self.name, "target", p.target, p.target in ("init", "start"), "'init' or 'start'")
 
     def attach(self, module, stream, init_state) -> None:

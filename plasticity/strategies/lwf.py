@@ -9,13 +9,13 @@ on the current batch's inputs. The T² keeps the gradient's scale independent of
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from plasticity.strategies.base import Strategy, check_param, cpu_tensors
+from plasticity.strategies.base import Strategy, check_param, cpu_tensors, register
+from streams.checks import is_number
 
 
 def distill_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, mask: torch.Tensor,
@@ -26,8 +26,10 @@ def distill_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, mask:
     return (log_t.exp() * (log_t - log_s)).sum(-1).mean()
 
 
+@register
 class LwF(Strategy):
     name = "lwf"
+    description = "learning without forgetting: distil from the model as it was at each phase start (Li & Hoiem 2016)"
 
     @dataclass
     class Params:
@@ -35,9 +37,8 @@ class LwF(Strategy):
         temperature: float = 2.0  # T
 
     def check(self, p: Params) -> None:
-        num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-        check_param(self.name, "lam", p.lam, num(p.lam) and p.lam >= 0, "a finite number >= 0")
-        check_param(self.name, "temperature", p.temperature, num(p.temperature) and p.temperature > 0,
+        check_param(self.name, "lam", p.lam, is_number(p.lam) and p.lam >= 0, "a finite number >= 0")
+        check_param(self.name, "temperature", p.temperature, is_number(p.temperature) and p.temperature > 0,
                     "a finite number > 0")
 
     def attach(self, module, stream, init_state) -> None:

@@ -13,24 +13,21 @@ setting) would seldom fire; the paper's smaller thresholds (e.g. 0.025) can be s
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
-from plasticity.strategies.base import Strategy, check_param, set_generator_state
-from plasticity.strategies.units import ActivityCapture, make_generator, optimizer_of, reinit_units
+from plasticity.models.units import ActivityCapture, dormant_units
+from plasticity.strategies.base import Strategy, check_param, register, set_generator_state, strategy_generator
+from plasticity.strategies.reinit import optimizer_of, reinit_units
+from streams.checks import is_number
 
 
-def dormant_units(activity: torch.Tensor, tau: float) -> torch.Tensor:
-    """Indices of the τ-dormant units of a layer given their mean |activation|."""
-    mean = activity.mean()
-    score = activity / mean if mean > 0 else torch.zeros_like(activity)
-    return (score <= tau).nonzero().flatten()
-
-
+@register
 class ReDo(Strategy):
     name = "redo"
+    description = "recycle tau-dormant hidden units every N steps (Sokar et al. 2023)"
+    ddp_safe = False  # edits weights outside the optimizer step, per process
 
     @dataclass
     class Params:
@@ -40,14 +37,13 @@ class ReDo(Strategy):
 
     def check(self, p: Params) -> None:
         check_param(self.name, "every", p.every, type(p.every) is int and p.every >= 1, "an integer >= 1")
-        ok = isinstance(p.tau, (int, float)) and not isinstance(p.tau, bool) and math.isfinite(p.tau)
-        check_param(self.name, "tau", p.tau, ok and 0 <= p.tau < 1, "in [0, 1)")
+        check_param(self.name, "tau", p.tau, is_number(p.tau) and 0 <= p.tau < 1, "in [0, 1)")
         check_param(self.name, "seed", p.seed, type(p.seed) is int and p.seed >= 0, "an integer >= 0")
 
     def attach(self, module, stream, init_state) -> None:
         super().attach(module, stream, init_state)
         self.layers = module.model.unit_layers()
-        self.generator = make_generator(stream.seed, self.params.seed, 0x7264)
+        self.generator = strategy_generator(stream.seed, self.params.seed, 0x7264)
         self.capture = ActivityCapture(self.layers)
         self.steps = 0
         self.replaced = 0

@@ -14,9 +14,17 @@ from dataclasses import dataclass
 
 import torch
 
-from plasticity.strategies.base import Strategy, check_param, cpu_tensors, set_generator_state, tensors_to
-from plasticity.strategies.units import make_generator
+from plasticity.strategies.base import (
+    Strategy,
+    check_param,
+    cpu_tensors,
+    register,
+    set_generator_state,
+    strategy_generator,
+    tensors_to,
+)
 from streams import Batch
+from streams.checks import is_number
 
 
 def _strip(batch: Batch) -> Batch:
@@ -27,8 +35,10 @@ def _strip(batch: Batch) -> Batch:
     return Batch(batch.tokens, batch.posterior, batch.scored, latent)
 
 
+@register
 class Replay(Strategy):
     name = "replay"
+    description = "experience replay from a reservoir buffer of whole sequences (Chaudhry et al. 2019)"
 
     @dataclass
     class Params:
@@ -40,13 +50,13 @@ class Replay(Strategy):
         check_param(self.name, "buffer_size", p.buffer_size, isinstance(p.buffer_size, int) and p.buffer_size >= 1,
                     "an integer >= 1")
         check_param(self.name, "replay_fraction", p.replay_fraction,
-                    isinstance(p.replay_fraction, (int, float)) and 0.0 <= p.replay_fraction < float("inf"),
+                    is_number(p.replay_fraction) and p.replay_fraction >= 0,
                     "a finite number >= 0 (a share of the batch size)")
         check_param(self.name, "seed", p.seed, isinstance(p.seed, int) and p.seed >= 0, "an integer >= 0")
 
     def attach(self, module, stream, init_state) -> None:
         super().attach(module, stream, init_state)
-        self.generator = make_generator(stream.seed, self.params.seed, 0x7270)
+        self.generator = strategy_generator(stream.seed, self.params.seed, 0x7270)
         self.device = next(module.model.parameters()).device
         self.buffer: Batch | None = None
         self.seen = 0  # sequences offered to the reservoir so far

@@ -11,12 +11,15 @@ from dataclasses import dataclass
 
 import torch
 
-from plasticity.strategies.base import Strategy, check_param
-from plasticity.strategies.units import derive_seed, fresh_state, optimizer_of
+from plasticity.strategies.base import Strategy, check_param, register, strategy_seed
+from plasticity.strategies.reinit import fresh_state, optimizer_of
 
 
+@register
 class Reset(Strategy):
     name = "reset"
+    description = "a fresh initialization and optimizer at every phase: the from-scratch baseline"
+    ddp_safe = False  # edits weights outside the optimizer step, per process
 
     @dataclass
     class Params:
@@ -29,7 +32,7 @@ class Reset(Strategy):
     def on_phase_start(self, module, phase: int) -> None:
         if phase < 1:
             return
-        fresh = fresh_state(module.model, derive_seed(self.stream.seed, self.params.seed, phase))
+        fresh = fresh_state(module.model, strategy_seed(self.stream.seed, self.params.seed, phase))
         module.model.load_state_dict(fresh)  # copies in place: the optimizer keeps the same tensors
         optimizer = optimizer_of(module)
         if optimizer is not None:

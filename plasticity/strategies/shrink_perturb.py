@@ -11,17 +11,20 @@ The optimizer state is kept.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
-from plasticity.strategies.base import Strategy, check_param
-from plasticity.strategies.units import derive_seed, fresh_state
+from plasticity.strategies.base import Strategy, check_param, register, strategy_seed
+from plasticity.strategies.reinit import fresh_state
+from streams.checks import is_number
 
 
+@register
 class ShrinkPerturb(Strategy):
     name = "shrink_perturb"
+    description = "shrink the weights and add a scaled fresh init at each phase (Ash & Adams 2020)"
+    ddp_safe = False  # edits weights outside the optimizer step, per process
 
     @dataclass
     class Params:
@@ -31,9 +34,8 @@ class ShrinkPerturb(Strategy):
         seed: int = 0  # mixed with the stream's seed and the application count
 
     def check(self, p: Params) -> None:
-        num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-        check_param(self.name, "shrink", p.shrink, num(p.shrink) and 0 <= p.shrink <= 1, "in [0, 1]")
-        check_param(self.name, "sigma", p.sigma, num(p.sigma) and p.sigma >= 0, "a finite number >= 0")
+        check_param(self.name, "shrink", p.shrink, is_number(p.shrink) and 0 <= p.shrink <= 1, "in [0, 1]")
+        check_param(self.name, "sigma", p.sigma, is_number(p.sigma) and p.sigma >= 0, "a finite number >= 0")
         check_param(self.name, "every", p.every, type(p.every) is int and p.every >= 0, "an integer >= 0")
         check_param(self.name, "seed", p.seed, type(p.seed) is int and p.seed >= 0, "an integer >= 0")
 
@@ -53,7 +55,7 @@ class ShrinkPerturb(Strategy):
     def apply(self, module) -> None:
         model = module.model
         p = self.params
-        fresh = fresh_state(model, derive_seed(self.stream.seed, p.seed, self.applied)) if p.sigma > 0 else {}
+        fresh = fresh_state(model, strategy_seed(self.stream.seed, p.seed, self.applied)) if p.sigma > 0 else {}
         for name, w in model.named_parameters():
             w.mul_(p.shrink)
             if name in fresh:

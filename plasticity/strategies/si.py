@@ -19,16 +19,18 @@ Choices:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
-from plasticity.strategies.base import Strategy, check_param, cpu_tensors, tensors_to
+from plasticity.strategies.base import Strategy, check_param, cpu_tensors, register, tensors_to
+from streams.checks import is_number
 
 
+@register
 class SI(Strategy):
     name = "si"
+    description = "synaptic intelligence: path-integral importance penalty (Zenke et al. 2017)"
 
     @dataclass
     class Params:
@@ -36,9 +38,8 @@ class SI(Strategy):
         xi: float = 0.1  # ξ: damping of the path-length normalization
 
     def check(self, p: Params) -> None:
-        num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-        check_param(self.name, "c", p.c, num(p.c) and p.c >= 0, "a finite number >= 0")
-        check_param(self.name, "xi", p.xi, num(p.xi) and p.xi > 0, "a finite number > 0")
+        check_param(self.name, "c", p.c, is_number(p.c) and p.c >= 0, "a finite number >= 0")
+        check_param(self.name, "xi", p.xi, is_number(p.xi) and p.xi > 0, "a finite number > 0")
 
     def _params(self, module) -> dict[str, torch.Tensor]:
         return {n: p for n, p in module.model.named_parameters() if p.requires_grad}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from plasticity.config import load_config
+from plasticity.run.config import load_config
 from plasticity.sweep.plan import check_keys, plan
 from plasticity.sweep.spec import ARGS_MACRO, PLASTICITY_KEYS, SweepSpec
 
@@ -77,7 +77,7 @@ def emit_wandb(spec: SweepSpec, folder: str | Path, seed: int = 0) -> tuple[Path
     config = wandb_config(spec)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{spec.stem}.yaml"
-    from plasticity.rundir import atomic_write_text
+    from plasticity.files import atomic_write_text
 
     text = HEADER.format(src=spec.path) + yaml.safe_dump(config, sort_keys=False, default_flow_style=None)
     atomic_write_text(path, text)

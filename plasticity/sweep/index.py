@@ -14,9 +14,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from plasticity.rundir import atomic_write_text
+from plasticity.files import atomic_write_text
 
-INDEX_NAME = "sweep_index.json"
 STATUSES = ("pending", "running", "done", "failed")
 
 

@@ -17,7 +17,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from plasticity.config import ConfigError, load_config, to_container, validate
+from plasticity.run.build import build
+from plasticity.run.config import ConfigError, load_config, to_container
 from plasticity.sweep.spec import SweepSpec, format_override
 
 # trainer.devices/strategy: a DDP run computes the same experiment (within float rounding), like threads
@@ -72,7 +73,7 @@ class Trial:
 
 def _check(experiment: str, overrides: list[str]) -> DictConfig:
     cfg = load_config(experiment, overrides)
-    validate(cfg)
+    build(cfg)
     return cfg
 
 

@@ -11,7 +11,6 @@ index entry lists it under `diverged`.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -20,10 +19,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from plasticity.config import ConfigError
-from plasticity.sweep.executors import LocalExecutor, SubmititExecutor, submitit_parameters
-from plasticity.sweep.index import INDEX_NAME, SweepIndex
+from plasticity.results.runs import INDEX_NAME, load
+from plasticity.run.config import ConfigError
+from plasticity.sweep.executors import LocalExecutor, SubmititExecutor
+from plasticity.sweep.index import SweepIndex
 from plasticity.sweep.plan import Trial, plan
+from plasticity.sweep.resources import submitit_parameters
 from plasticity.sweep.spec import SweepSpec, load_sweep
 
 EXECUTORS = ("local", "slurm")
@@ -119,15 +120,6 @@ def interrupted(trial: Trial, old: dict) -> bool:
     return error.get("type") in ("KeyboardInterrupt", "WorkerDied") or "(preempted)" in str(error.get("message"))
 
 
-def diverged_arms(run_dir: Path) -> dict[str, str]:
-    """{arm: divergence message} from a finished run's summary.json (empty when none diverged)."""
-    try:
-        arms = json.loads((Path(run_dir) / "summary.json").read_text()).get("arms") or {}
-    except (OSError, ValueError, AttributeError):
-        return {}
-    return {arm: str(res["diverged"]) for arm, res in arms.items() if isinstance(res, dict) and res.get("diverged")}
-
-
 def _job(trial: Trial, spec: SweepSpec, out: Path, threads: int, resume: bool) -> dict[str, Any]:
     logs = out.resolve() / "logs"
     return {
@@ -200,8 +192,8 @@ def _execute(spec: SweepSpec, trials: list[Trial], duplicates: int, out: Path, w
         if (trial.run_dir / "summary.json").is_file():
             entry.update(status="done", seconds=old.get("seconds"), started=old.get("started"),
                          finished=old.get("finished"))
-            if diverged_arms(trial.run_dir):
-                entry["diverged"] = diverged_arms(trial.run_dir)
+            if diverged := load(trial.run_dir).diverged_arms():
+                entry["diverged"] = diverged
         else:
             if old.get("status") == "failed":
                 entry["previous_error"] = old.get("error")
@@ -233,8 +225,8 @@ def _execute(spec: SweepSpec, trials: list[Trial], duplicates: int, out: Path, w
     def on_done(job: dict, result: dict | None) -> None:
         result = result or {"status": "failed", "error": {"type": "Unknown", "message": "no result"}}
         extra = {}
-        if result["status"] == "done" and diverged_arms(Path(job["run_dir"])):
-            extra["diverged"] = diverged_arms(Path(job["run_dir"]))
+        if result["status"] == "done" and (diverged := load(Path(job["run_dir"])).diverged_arms()):
+            extra["diverged"] = diverged
         index.update(job["name"], drop=("previous_error",) if result["status"] == "done" else (),
                      status=result["status"], error=result.get("error"), seconds=result.get("seconds"),
                      finished=datetime.now().isoformat(timespec="seconds"), **extra)

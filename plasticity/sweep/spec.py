@@ -11,7 +11,6 @@ since the wandb agent would pass them as one dict (`model={...}`), which replace
 
 from __future__ import annotations
 
-import difflib
 import itertools
 import math
 import random
@@ -22,7 +21,9 @@ from typing import Any
 
 import yaml
 
-from plasticity.config import ConfigError, read_yaml
+from plasticity.run.config import ConfigError, read_yaml
+from plasticity.sweep.resources import submitit_parameters
+from streams.checks import did_you_mean, is_number
 
 WANDB_KEYS = (
     "apiVersion", "kind", "controller", "description", "program", "job", "image_uri", "entity", "project",
@@ -163,15 +164,6 @@ class SweepSpec:
         )
 
 
-def _did_you_mean(word: str, choices) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f" Did you mean '{close[0]}'?" if close else ""
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
 def parse_param(where: str, key: Any, spec: Any) -> Param:
     if not isinstance(key, str) or not KEY_PATTERN.match(key):
         raise ConfigError(f"{where}: parameter name {key!r} must be a dotted key like model.n_layers")
@@ -193,12 +185,12 @@ def parse_param(where: str, key: Any, spec: Any) -> Param:
             raise ConfigError(f"{at}: give `values: [...]`, `value: x` or a distribution with min/max")
     if dist not in DISTRIBUTIONS:
         raise ConfigError(f"{at}: unknown distribution '{dist}'; allowed: {', '.join(DISTRIBUTIONS)}."
-                          f"{_did_you_mean(str(dist), DISTRIBUTIONS)}")
+                          f"{did_you_mean(str(dist), DISTRIBUTIONS)}")
     allowed = DISTRIBUTIONS[dist]
     for k in spec:
         if k not in allowed:
             raise ConfigError(f"{at}: key '{k}' does not belong to distribution {dist}; allowed: "
-                              f"{', '.join(allowed)}.{_did_you_mean(k, allowed)}")
+                              f"{', '.join(allowed)}.{did_you_mean(k, allowed)}")
     for k in allowed:
         if k not in spec:
             if k in REQUIRED:
@@ -209,10 +201,10 @@ def parse_param(where: str, key: Any, spec: Any) -> Param:
     if "probabilities" in spec:
         probs = spec["probabilities"]
         if (not isinstance(probs, list) or len(probs) != len(spec["values"])
-                or not all(_is_number(p) and p >= 0 for p in probs) or abs(sum(probs) - 1) > 1e-6):
+                or not all(is_number(p) and p >= 0 for p in probs) or abs(sum(probs) - 1) > 1e-6):
             raise ConfigError(f"{at}: probabilities must be one non-negative number per value, summing to 1")
     for k in ("min", "max", "mu", "sigma", "a", "b", "q"):
-        if k in spec and not _is_number(spec[k]):
+        if k in spec and not is_number(spec[k]):
             raise ConfigError(f"{at}: {k} must be a number, got {spec[k]!r}")
     if dist == "int_uniform" and not all(isinstance(spec[k], int) for k in ("min", "max")):
         raise ConfigError(f"{at}: int_uniform needs integer min and max")
@@ -259,7 +251,7 @@ def load_sweep(path: str | Path) -> SweepSpec:
         if key not in WANDB_KEYS + PLASTICITY_KEYS:
             allowed = WANDB_KEYS + PLASTICITY_KEYS
             raise ConfigError(f"{where}: unknown top-level key '{key}'; allowed: {', '.join(allowed)}."
-                              f"{_did_you_mean(str(key), allowed)}")
+                              f"{did_you_mean(str(key), allowed)}")
     method = raw.get("method")
     if method not in ("grid", "random", "bayes", "custom"):
         raise ConfigError(f"{where}: method must be one of grid, random, bayes, got {method!r}")
@@ -295,8 +287,6 @@ def load_sweep(path: str | Path) -> SweepSpec:
     slurm = raw.get("slurm") or {}
     if not isinstance(slurm, dict):
         raise ConfigError(f"{where}: slurm must be a mapping (partition, time, cpus_per_task, ...)")
-    from plasticity.sweep.executors import submitit_parameters
-
     try:
         submitit_parameters(slurm, 1, "check")
     except ConfigError as e:

@@ -64,14 +64,14 @@ def _message(e: BaseException) -> str:
 
 def _run_cli(args: list[str]) -> dict:
     try:
-        from plasticity.cli import build_parser
+        from plasticity.entry import CommandParser, add_run_arguments, cmd_run
 
         try:
-            parsed = build_parser().parse_args(["run", *args])
+            parsed = add_run_arguments(CommandParser(prog="plasticity run")).parse_args(args)
         except SystemExit as e:  # argparse's; any other SystemExit (submitit requeueing the job) goes through
             message = f"plasticity run exited with {e.code}"
             return {"status": "failed", "error": {"type": "SystemExit", "message": message}}
-        code = parsed.func(parsed)
+        code = cmd_run(parsed)
     except Exception as e:  # noqa: BLE001 - the trial's failure is its result
         traceback.print_exc()
         return {"status": "failed", "error": {"type": type(e).__name__, "message": _message(e)}}
@@ -118,7 +118,7 @@ class TrialJob:
     def __call__(self, job: dict) -> dict:
         import signal
 
-        from plasticity.stopping import stop_signals  # torch-free: torch is imported by the run
+        from plasticity.train.stopping import stop_signals  # torch-free: torch is imported by the run
 
         submitit_signal = stop_signals()[-1]
         submitit_handler = signal.getsignal(submitit_signal)  # installed by submitit before it called us
@@ -138,23 +138,15 @@ class TrialJob:
         return DelayedSubmission(self, resumed)
 
 
-def _die_with_parent() -> None:
-    """Linux: SIGTERM this worker when the sweep process dies, however it dies (a running trial then
-    checkpoints and stops, so the next sweep resumes it instead of racing an orphan)."""
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() == 1:  # the parent died before prctl
-        sys.exit(1)
-
-
 def worker() -> int:
     """Read jobs (JSON lines) on stdin, answer each with a result line on the original stdout."""
-    _die_with_parent()
+    import signal
+
+    from plasticity.run.processes import die_with_parent
+
+    # SIGTERM when the sweep process dies, however it dies: a running trial then checkpoints and stops,
+    # so the next sweep resumes it instead of racing an orphan.
+    die_with_parent(signal.SIGTERM)
     channel = os.fdopen(os.dup(1), "w", buffering=1)
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)  # stray output between trials must not corrupt the channel

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from streams.base import Batch, Family, check_int, random_permutations, register
+from streams.base import Batch, Family, random_permutations, register
+from streams.checks import check_int
 
 
 @register

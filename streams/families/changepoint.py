@@ -26,16 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
-from streams.base import (
-    Batch,
-    Family,
-    check_int,
-    check_open_unit,
-    check_positive_floats,
-    register,
-    sample_categorical,
-    sample_dirichlet,
-)
+from streams.base import Batch, Family, register, sample_categorical, sample_dirichlet
+from streams.checks import check_int, check_open_unit, check_positive_floats
 
 NAME = "changepoint"
 

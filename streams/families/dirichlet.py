@@ -16,15 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from streams.base import (
-    Batch,
-    Family,
-    check_int,
-    check_positive_floats,
-    register,
-    sample_categorical,
-    sample_dirichlet,
-)
+from streams.base import Batch, Family, register, sample_categorical, sample_dirichlet
+from streams.checks import check_int, check_positive_floats
 
 BOS = 0
 

@@ -35,7 +35,8 @@ from typing import Any
 
 import torch
 
-from streams.base import Batch, Family, check_int, register, sample_categorical, sample_dirichlet
+from streams.base import Batch, Family, register, sample_categorical, sample_dirichlet
+from streams.checks import check_int
 
 NAME = "hmm"
 

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from streams.base import Batch, Family, check_int, register
+from streams.base import Batch, Family, register
+from streams.checks import check_int
 from streams.families.bijection import seen_before
 
 QUERY = 0

@@ -15,18 +15,18 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 import yaml
 
-from plasticity.config import ConfigError, load_config, validate
-from plasticity.evaluation import Evaluator, eval_schedule
-from plasticity.experiment import Experiment
-from plasticity.module import sequence_loss
-from plasticity.strategies import build_strategy, strategy_class
+from plasticity.eval.evaluator import Evaluator, eval_schedule
+from plasticity.run.build import build
+from plasticity.run.config import ConfigError, load_config
+from plasticity.run.experiment import Experiment
+from plasticity.strategies import STRATEGIES, ArmLoop, build_strategy
 from plasticity.strategies.lwf import distill_kl
+from plasticity.train.loss import sequence_loss
 
 ROOT = Path(__file__).resolve().parents[2]
 EXTRA_MESSAGE = ("strategy 'avalanche.EWC' needs the avalanche extra: "
@@ -73,9 +73,9 @@ def tiny_experiment(tmp_path: Path, arms: dict, steps=(30, 12, 12)) -> Path:
 def test_importing_the_core_leaves_avalanche_out():
     code = (
         "import sys\n"
-        "import plasticity, streams, plasticity.cli, plasticity.experiment, plasticity.strategies\n"
-        "from plasticity.config import load_config, validate\n"
-        "validate(load_config('smoke', ['progress=false']))\n"
+        "import plasticity, streams, plasticity.cli, plasticity.run.experiment, plasticity.strategies\n"
+        "from plasticity.run.build import build\nfrom plasticity.run.config import load_config\n"
+        "build(load_config('smoke', ['progress=false']))\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'avalanche'"
         " or m.startswith('plasticity.avalanche_bridge'))\n"
         "assert not bad, bad\n"
@@ -95,15 +95,15 @@ def without_avalanche(monkeypatch):
 
 def test_a_missing_extra_is_one_clear_error(without_avalanche):
     with pytest.raises(ValueError) as e:
-        strategy_class("avalanche.EWC")
+        STRATEGIES.get("avalanche.EWC")
     assert str(e.value) == EXTRA_MESSAGE
     with pytest.raises(ValueError, match=re.escape(EXTRA_MESSAGE)):
         build_strategy("av_ewc", {"strategy": "avalanche.EWC", "kwargs": {"ewc_lambda": 1.0}})
     with pytest.raises(ConfigError, match=re.escape("needs the avalanche extra")):  # exit 2 at the CLI
-        validate(load_config("smoke", ["arms=[avalanche.Naive]", "progress=false"]))
+        build(load_config("smoke", ["arms=[avalanche.Naive]", "progress=false"]))
     with pytest.raises(ModuleNotFoundError, match="needs the avalanche extra"):
         importlib.import_module("plasticity.avalanche_bridge")
-    assert strategy_class("naive").name == "naive"  # native strategies are untouched
+    assert STRATEGIES.get("naive").name == "naive"  # native strategies are untouched
 
 
 # ---------------------------------------------------------------------------------- with avalanche
@@ -118,7 +118,7 @@ def tiny_run(bridge, tmp_path_factory):
     """One experiment: native naive and the Avalanche arms, forked from the same pretrained weights."""
     tmp = tmp_path_factory.mktemp("avalanche")
     cfg = load_config(str(tiny_experiment(tmp, {"naive": {"strategy": "naive"}, **AVALANCHE_ARMS})))
-    exp = Experiment(cfg, tmp / "run")
+    exp = Experiment(build(cfg), tmp / "run")
     summary = exp.run()
     rows = [json.loads(line) for line in (tmp / "run" / "metrics.jsonl").read_text().splitlines()]
     return exp, summary, rows, tmp / "run"
@@ -174,29 +174,28 @@ def test_the_cpu_fix_for_synaptic_intelligence_is_scoped_to_the_arm(tiny_run):
 def test_the_avalanche_plugin_metric_gives_the_evaluators_R(tiny_run):
     exp, summary, _, _ = tiny_run
     for arm in AVALANCHE_ARMS:
-        strategy = exp.parts.strategies[arm]
+        strategy = exp.built.strategies[arm]
         R = summary["arms"][arm]["R_kl_bits"]
         assert sorted(strategy.avalanche_R) == list(range(1, len(R)))  # a row after each trained phase
         for i, row in strategy.avalanche_R.items():
             assert row == pytest.approx(R[i], abs=1e-9)
 
 
-def bare_experiment(tmp_path: Path, arm_entry: dict):
-    """What `Experiment.run_arm` hands an external-loop strategy, without a run directory (the model
-    is a fresh one: the bridge does not care whether it was pretrained)."""
+def bare_experiment(tmp_path: Path, arm_entry: dict) -> tuple[ArmLoop, object, list[dict]]:
+    """What the experiment hands an external-loop strategy, without a run directory (the model is a
+    fresh one: the bridge does not care whether it was pretrained)."""
     cfg = load_config(str(tiny_experiment(tmp_path, {"arm": arm_entry})))
-    exp = Experiment(cfg, tmp_path / "unused")
-    stream = exp.stream
-    torch.manual_seed(0)
-    model = exp.parts.new_model(0)
+    built = build(cfg)
+    stream = built.stream
+    model = built.new_model(0)
     start, end = stream.phases[1].start, stream.total_steps
     rows: list[dict] = []
     banks = stream.eval_banks()
     phase_ends = [p.end for p in stream.phases]
     evaluator = Evaluator("arm", stream, banks, eval_schedule(cfg.eval.every, start, end, phase_ends),
                           cfg.eval.batch_size, False, 0.1, None, "pretrained", rows.extend)
-    host = SimpleNamespace(cfg=cfg, stream=stream, parts=exp.parts)
-    return host, exp.parts.strategies["arm"], model, evaluator, start, end, rows
+    loop = ArmLoop("arm", model, stream, start, end, evaluator, built.device, cfg.optim, cfg.loss, cfg.eval.batch_size)
+    return loop, built.strategies["arm"], rows
 
 
 def recorder_plugin():
@@ -220,10 +219,10 @@ def recorder_plugin():
 def test_every_iteration_trains_on_the_stream_batch_of_its_step(bridge, tmp_path, entry):
     from plasticity.avalanche_bridge.benchmark import next_token_targets
 
-    host, arm, model, evaluator, start, end, _ = bare_experiment(tmp_path, entry)
+    loop, arm, _ = bare_experiment(tmp_path, entry)
     recorder = recorder_plugin()
-    assert arm.run_arm(host, "arm", model, evaluator, start, end, plugins=[recorder]) is None
-    stream, B = host.stream, host.stream.batch_size
+    assert arm.run_arm(loop, plugins=[recorder]) is None
+    stream, B = loop.stream, loop.stream.batch_size
     replay = entry["strategy"] == "avalanche.Replay"
     offset = 1 if entry.get("phase0_batches", 32) > 0 else 0  # exp 0: the phase-0 consolidation sample
     assert sorted(recorder.seen) == [offset + p - 1 for p in range(1, len(stream.phases))]  # exp 0 untrained
@@ -247,10 +246,10 @@ def test_a_non_finite_loss_stops_the_arm_with_a_message(bridge, tmp_path):
             if strategy.clock.train_exp_iterations == 3:
                 strategy.loss = strategy.loss * float("nan")
 
-    host, arm, model, evaluator, start, end, _ = bare_experiment(tmp_path, {"strategy": "avalanche.Naive"})
-    message = arm.run_arm(host, "arm", model, evaluator, start, end, plugins=[Poison()])
+    loop, arm, _ = bare_experiment(tmp_path, {"strategy": "avalanche.Naive"})
+    message = arm.run_arm(loop, plugins=[Poison()])
     assert message is not None and "non-finite loss at step" in message
-    assert all(torch.isfinite(p).all() for p in model.parameters())  # the bad update never happened
+    assert all(torch.isfinite(p).all() for p in loop.model.parameters())  # the bad update never happened
 
 
 def test_logit_layout_and_criterion_match_the_native_loss(bridge):
@@ -320,7 +319,7 @@ def test_config_mistakes_name_the_key(bridge):
 @pytest.mark.parametrize("name", ["avalanche_vs_native", "avalanche_frozen_vs_online"])
 def test_the_shipped_comparison_configs_validate(bridge, name):
     cfg = load_config(name)
-    validate(cfg)
+    build(cfg)
     strategies = {entry["strategy"] for entry in cfg.arms.values()}
     assert {"naive", "replay", "ewc", "lwf", "si", "avalanche.Naive", "avalanche.Replay", "avalanche.EWC",
             "avalanche.LwF", "avalanche.SynapticIntelligence"} <= strategies

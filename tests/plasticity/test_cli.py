@@ -6,7 +6,8 @@ import sys
 import pytest
 
 from plasticity.cli import main
-from plasticity.config import ConfigError, load_config, validate
+from plasticity.run.build import build
+from plasticity.run.config import ConfigError, load_config
 
 BAD = [
     # (overrides, words the one-line message must contain)
@@ -65,8 +66,8 @@ def test_console_script_exit_status(tmp_path):
 
 def test_group_selection_and_overrides_compose():
     cfg = load_config("smoke", ["model=mlp", "model.depth=3", "seed=7", "arms=[naive]"])
-    validate(cfg)
-    assert cfg.model.name == "mlp" and cfg.model.depth == 3 and cfg.model.match_params == "transformer"
+    build(cfg)
+    assert cfg.model.name == "mlp" and cfg.model.depth == 3 and cfg.model.match_params.name == "transformer"
     assert cfg.seed == 7 and list(cfg.arms) == ["naive"]
 
 
@@ -82,3 +83,14 @@ def test_list_names_every_group(capsys):
     out = capsys.readouterr().out
     for word in ("smoke", "bijection", "transformer", "naive", "dirichlet("):
         assert word in out
+
+
+def test_a_run_builds_its_config_once(tmp_path, monkeypatch):
+    import plasticity.run.build as build_module
+
+    calls = []
+    real = build_module._build
+    monkeypatch.setattr(build_module, "_build", lambda cfg: calls.append(1) or real(cfg))
+    assert main(["run", "smoke", f"run.dir={tmp_path}", "progress=false", "plots=false",
+                 "stream.phases.0.steps=10", "stream.phases.1.steps=10"]) == 0
+    assert len(calls) == 1

@@ -21,9 +21,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import plasticity.experiment
+import plasticity.entry
 from plasticity.cli import main
-from plasticity.config import CONFIG_ROOT, group_options, load_config, to_container
+from plasticity.run.config import CONFIG_ROOT, group_options, load_config, to_container
+from plasticity.strategies import STRATEGIES
 
 FUZZ = settings(max_examples=200, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -49,7 +50,7 @@ STRATEGY_PARAMS = ["lam", "c", "buffer_size", "every", "tau", "shrink", "sigma",
 FAMILY_PARAMS = ["n_symbols", "alpha", "length", "n_keys", "n_pairs", "n_values", "n_queries", "with_replacement",
                  "n_states", "hazard", "transition", "emission", "concentration", "grid", "stickiness", "header"]
 PHASE_FIELDS = ["name", "family", "params", "steps", "offset", "relabel", "repeat", "eval_length"]
-GROUPS = {g: group_options(g) for g in ("stream", "model", "strategy")}
+GROUPS = {**{g: group_options(g) for g in ("stream", "model")}, "strategy": STRATEGIES.names()}
 # Text that YAML reads as something surprising (dates, hex, interpolations, tags) or cannot read at all.
 NASTY = ["???", "${oops}", "${seed}", "${stream.batch_size}", "[1, 2", "{a: 1", "!!python/object:os.system",
          "!!binary aGk=", "1e400", "-1e400", ".nan", "-.inf", ".inf", "2024-01-01", "2024-01-01 10:00:00", "0x10",
@@ -175,10 +176,10 @@ def stub_run(monkeypatch):
     class Valid(Exception):
         pass
 
-    def run(cfg, *args, **kwargs):
+    def run(built, *args, **kwargs):
         raise Valid()
 
-    monkeypatch.setattr(plasticity.experiment, "run", run)
+    monkeypatch.setattr(plasticity.entry, "execute", run)
     return Valid
 
 

@@ -1,11 +1,12 @@
+from types import SimpleNamespace
+
 import pytest
 import torch
 
-from plasticity.continual_metrics import (
+from plasticity.eval.continual import (
+    arm_summary,
     auc_kl,
     bwt_bits,
-    final_kl_bits,
-    final_mean_kl_bits,
     forgetting_bits,
     plasticity_gap_bits,
     steps_to_threshold,
@@ -34,12 +35,14 @@ def test_bwt_sign_positive_is_worse():
     assert bwt_bits([[0.7]]) == 0.0
 
 
-def test_final():
-    assert final_kl_bits(R) == 0.15
-    assert final_mean_kl_bits(R) == pytest.approx((0.40 + 0.30 + 0.15) / 3)
-    assert final_mean_kl_bits(R[:2]) == pytest.approx((0.05 + 0.20) / 2)  # future phases excluded
+def test_an_arms_final_kl_is_the_mean_over_every_phase_at_the_end():
+    phases = [SimpleNamespace(start=10 * i, steps=10) for i in range(3)]
+    s = arm_summary("naive", dict(enumerate(R)), {}, phases, threshold_bits=0.05)
+    assert s["final_kl_bits"] == pytest.approx((0.40 + 0.30 + 0.15) / 3)  # summary.json's final_kl_bits
+    assert s["final_current_kl_bits"] == 0.15  # R[last][last]
+    assert s["forgetting_bits"] == pytest.approx([0.35, 0.10, 0.0]) and s["R_kl_bits"] == R
     with pytest.raises(ValueError):
-        final_kl_bits([[0.1], [0.2]])
+        forgetting_bits([[0.1], [0.2]])  # row 1 lacks phase 1's column
 
 
 def test_auc_and_threshold():

@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from plasticity.cli import main
-from plasticity.config import ConfigError, load_config, validate
-from plasticity.module import StreamSteps
+from plasticity.run.build import build
+from plasticity.run.config import ConfigError, load_config
+from plasticity.train.data import StreamBatches
 
 TOLERANCE_BITS = 1e-5
 TINY = ["stream.phases.0.steps=40", "stream.phases.1.steps=20", "eval.every=10", "plots=false", "progress=false",
@@ -25,11 +26,10 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "PYTHONUN
 
 def test_each_rank_takes_its_share_of_every_batch():
     stream = load_config("smoke")
-    from plasticity.experiment import build_parts
 
-    stream = build_parts(stream).stream
-    full = list(StreamSteps(stream, 3, 5))
-    shares = [list(StreamSteps(stream, 3, 5, rank=r, world=2)) for r in (0, 1)]
+    stream = build(stream).stream
+    full = list(StreamBatches(stream, 3, 5))
+    shares = [list(StreamBatches(stream, 3, 5, rank=r, world=2)) for r in (0, 1)]
     for step, batch in enumerate(full):
         a, b = shares[0][step], shares[1][step]
         assert len(a) == len(b) == len(batch) // 2
@@ -46,14 +46,14 @@ def test_each_rank_takes_its_share_of_every_batch():
 ])
 def test_ddp_config_mistakes(overrides, words):
     with pytest.raises(ConfigError) as e:
-        validate(load_config("smoke", overrides))
+        build(load_config("smoke", overrides))
     for word in words:
         assert word in str(e.value), (word, str(e.value))
 
 
 @pytest.mark.slow
 def test_two_cpu_processes_match_the_single_process_run(tmp_path, capsys):
-    """Rank 0 runs in this (pytest) process; rank 1 is started by plasticity.distributed."""
+    """Rank 0 runs in this (pytest) process; rank 1 is started by plasticity.run.distributed."""
     assert main(["run", "smoke", *TINY, "trainer.devices=2", f"run.dir={tmp_path / 'ddp'}"]) == 0
     assert "LOCAL_RANK" not in os.environ and not torch.distributed.is_initialized()  # left as found
     assert main(["run", "smoke", *TINY, f"run.dir={tmp_path / 'single'}"]) == 0

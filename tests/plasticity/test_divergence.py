@@ -126,8 +126,9 @@ class _Fixed(__import__("torch").nn.Module):
 def test_the_guard_checks_loss_and_every_logit(where, value, diverged):
     import torch
 
-    from plasticity.config import OptimConfig
-    from plasticity.module import DivergenceError, WindTunnelModule
+    from plasticity.train.lightning_module import WindTunnelModule
+    from plasticity.train.optim import OptimConfig
+    from plasticity.train.stopping import DivergenceError
     from streams import make
 
     batch = make("dirichlet", n_symbols=3, length=6).sample(4, torch.Generator().manual_seed(0))

@@ -6,9 +6,9 @@ import pytest
 import torch
 import yaml
 
-from plasticity.config import load_config
-from plasticity.experiment import run
-from plasticity.models import build_model, resolve_config
+from plasticity.entry import run
+from plasticity.models import build_model, count_parameters, resolve
+from plasticity.run.config import load_config
 
 ROW_FIELDS = ("arm", "step", "phase", "eval_phase", "kl_bits", "entropy_gap_bits", "nll_bits", "bayes_nll_bits",
               "ece", "kl_bits_by_position", "dormant_frac", "effective_rank", "weight_norm", "grad_norm")
@@ -99,10 +99,8 @@ def test_posterior_loss_trains_too(tmp_path):
 
 @pytest.mark.parametrize("name", ["mlp", "lstm"])
 def test_baselines_match_the_transformer_within_5_percent(name):
-    from plasticity.models import ModelConfig, count_parameters
-
-    target = count_parameters(build_model(ModelConfig(), 20, 64))
-    cfg = ModelConfig(name=name, match_params="transformer")
-    model = build_model(cfg, 20, 64)
+    target = count_parameters(build_model({"name": "transformer"}, 20, 64))
+    spec = {"name": name, "match_params": "transformer"}
+    model = build_model(spec, 20, 64)
     assert abs(count_parameters(model) - target) / target <= 0.05
-    assert resolve_config(cfg, 20, 64).hidden > 0
+    assert resolve(spec, 20, 64)[1].hidden > 0

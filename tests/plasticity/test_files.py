@@ -7,12 +7,16 @@ import os
 import pytest
 import torch
 
-import plasticity.experiment as ex
-from plasticity.checkpointing import Checkpointer, Preempted
+import plasticity.entry as entry
+import plasticity.run.work_units as work_units
 from plasticity.cli import main
-from plasticity.config import load_config
-from plasticity.rundir import atomic_torch_save, atomic_write_text
-from plasticity.sinks import RunSink
+from plasticity.files import atomic_torch_save, atomic_write_text
+from plasticity.run.build import build
+from plasticity.run.config import load_config
+from plasticity.run.experiment import Experiment
+from plasticity.run.sinks import RunSink
+from plasticity.train.checkpointing import Checkpointer
+from plasticity.train.stopping import Preempted
 
 TINY = ["stream.phases.0.steps=40", "stream.phases.1.steps=20", "eval.every=10", "run.checkpoint_every=10",
         "progress=false", "trainer.threads=1", "plots=false"]
@@ -51,7 +55,7 @@ class DiskWatcher(RunSink):
 
 def test_metrics_are_appended_and_on_disk_at_every_evaluation(tmp_path):
     watcher = DiskWatcher()
-    ex.run(load_config("smoke", TINY), tmp_path, sinks=[watcher])
+    entry.run(load_config("smoke", TINY), tmp_path, sinks=[watcher])
     final = (tmp_path / "metrics.jsonl").read_text()
     assert len(watcher.snapshots) == 5 + 2 + 2  # pretraining at 0, 10, ..., 40; each arm at 50 and 60
     for rows, on_disk in watcher.snapshots:
@@ -71,9 +75,9 @@ def _stopped_run(path, stop_at: int):
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ex, "Checkpointer", StopAt)
+        mp.setattr(work_units, "Checkpointer", StopAt)
         with pytest.raises(Preempted):
-            ex.Experiment(load_config("smoke", TINY), path).run()
+            Experiment(build(load_config("smoke", TINY)), path).run()
 
 
 def test_checkpoints_load_with_weights_only(tmp_path):
@@ -87,17 +91,17 @@ def test_checkpoints_load_with_weights_only(tmp_path):
 
 def test_a_truncated_last_metrics_line_is_tolerated_by_report_plots_and_resume(tmp_path, capsys):
     reference = tmp_path / "reference"
-    ex.run(load_config("smoke", TINY), reference)
+    entry.run(load_config("smoke", TINY), reference)
     path = tmp_path / "cut"
     _stopped_run(path, 50)
     with open(path / "metrics.jsonl", "a") as f:
         f.write('{"arm": "naive", "step": 60, "phase": 1, "kl_')  # power loss in the middle of a row
-    from plasticity.plots import make_plots
+    from plasticity.results.plots import make_plots
 
     assert make_plots(path)  # figures from the rows that are whole
     assert main(["report", str(path), "--no-plots", "--out", str(tmp_path / "report")]) == 0
     assert "incomplete run" in capsys.readouterr().out
-    ex.resume(path)
+    entry.resume(path)
     assert json.loads((path / "summary.json").read_text())["arms"] == \
         json.loads((reference / "summary.json").read_text())["arms"]
     assert (path / "metrics.jsonl").read_text() == (reference / "metrics.jsonl").read_text()

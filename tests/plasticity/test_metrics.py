@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from plasticity.metrics import CalibrationAccumulator, calibration
+from plasticity.eval.calibration import CalibrationAccumulator, calibration
 
 
 def one_position(p, q, next_token):

@@ -1,19 +1,17 @@
-import dataclasses
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-from plasticity.models import MODELS, ModelConfig, build_model, count_parameters, resolve_config
+from plasticity.models import MODELS, build_model, count_parameters, normalize, resolve
 
 V, T = 20, 64
 
 CONFIGS = {
-    "transformer": ModelConfig(name="transformer"),
-    "transformer-rotary": ModelConfig(name="transformer", rotary=True),
-    "mlp-onehot": ModelConfig(name="mlp", hidden=32),
-    "mlp-embed": ModelConfig(name="mlp", hidden=32, mlp_input="embed", d_model=8, depth=3),
-    "lstm": ModelConfig(name="lstm", hidden=32),
+    "transformer": {"name": "transformer"},
+    "transformer-rotary": {"name": "transformer", "rotary": True},
+    "mlp-onehot": {"name": "mlp", "hidden": 32},
+    "mlp-embed": {"name": "mlp", "hidden": 32, "input": "embed", "d_model": 8, "depth": 3},
+    "lstm": {"name": "lstm", "hidden": 32},
 }
 
 
@@ -24,9 +22,18 @@ def model(request):
 
 
 def test_registry():
-    assert set(MODELS) == {"transformer", "mlp", "lstm"}
-    with pytest.raises(ValueError, match="known models: lstm, mlp, transformer"):
-        build_model(ModelConfig(name="gru"), V, T)
+    assert MODELS.names() == ["lstm", "mlp", "transformer"]
+    with pytest.raises(ValueError, match="unknown model 'gru'; known: lstm, mlp, transformer"):
+        build_model({"name": "gru"}, V, T)
+
+
+def test_every_model_has_its_own_parameters_spelled_out_with_defaults():
+    assert normalize({"name": "lstm"}) == {"name": "lstm", "n_layers": 2, "hidden": 256, "d_model": 64, "dropout": 0.0}
+    with pytest.raises(ValueError, match="model.n_heads: not a parameter of model 'lstm'"):
+        normalize({"name": "lstm", "n_heads": 4})
+    with pytest.raises(ValueError, match=r"model.hiden: .*Did you mean 'hidden'"):
+        normalize({"name": "mlp", "hiden": 4})
+    assert normalize({"name": "mlp", "match_params": "transformer"})["match_params"]["n_heads"] == 4
 
 
 def test_shapes(model):
@@ -81,7 +88,7 @@ def naive_first_preactivation(model, tokens):
 @pytest.mark.parametrize("mlp_input", ["onehot", "embed"])
 def test_mlp_cumsum_equals_materialized(mlp_input):
     torch.manual_seed(0)
-    model = build_model(ModelConfig(name="mlp", hidden=16, mlp_input=mlp_input, d_model=6), V, 12).double()
+    model = build_model({"name": "mlp", "hidden": 16, "input": mlp_input, "d_model": 6}, V, 12).double()
     with torch.no_grad():
         model.layers[0].bias.normal_()
     tokens = torch.randint(0, V, (3, 10))
@@ -89,35 +96,41 @@ def test_mlp_cumsum_equals_materialized(mlp_input):
 
 
 def test_default_transformer_size():
-    n = count_parameters(build_model(ModelConfig(), V, T))
+    n = count_parameters(build_model({"name": "transformer"}, V, T))
     print(f"default transformer, V={V}, T={T}: {n} parameters")
     assert 90_000 <= n <= 115_000
 
 
 @pytest.mark.parametrize("name", ["mlp", "lstm"])
 def test_match_params(name):
-    target = count_parameters(build_model(ModelConfig(), V, T))
-    cfg = ModelConfig(name=name, match_params="transformer")
-    model = build_model(cfg, V, T)
+    target = count_parameters(build_model({"name": "transformer"}, V, T))
+    spec = {"name": name, "match_params": "transformer"}
+    model = build_model(spec, V, T)
     n = count_parameters(model)
-    print(f"{name} matched to the transformer: hidden={resolve_config(cfg, V, T).hidden}, {n} vs {target}")
+    _, config = resolve(spec, V, T)
+    print(f"{name} matched to the transformer: hidden={config.hidden}, {n} vs {target}")
     assert abs(n - target) / target <= 0.05
-    assert resolve_config(cfg, V, T).depth == cfg.depth
     # An unmatched model of the default width is far off, so the match is doing the work.
-    unmatched = count_parameters(build_model(dataclasses.replace(cfg, match_params=None), V, T))
+    unmatched = count_parameters(build_model({"name": name}, V, T))
     assert abs(unmatched - target) > 0.05 * target
+    # A bigger matched transformer gives a wider baseline.
+    big = {"name": name, "match_params": {"name": "transformer", "n_layers": 4}}
+    assert resolve(big, V, T)[1].hidden > config.hidden
 
 
 def test_match_params_impossible():
-    tiny = ModelConfig(name="mlp", match_params="transformer", n_layers=1, d_model=4, n_heads=1, d_ff=4)
+    tiny = {"name": "mlp", "match_params": {"name": "transformer", "n_layers": 1, "d_model": 4, "n_heads": 1,
+                                            "d_ff": 4}}
     with pytest.raises(ValueError, match="cannot match"):
         build_model(tiny, V, T)
 
 
 def test_bad_configs():
     with pytest.raises(ValueError, match="divisible"):
-        build_model(ModelConfig(d_model=30, n_heads=4), V, T)
-    with pytest.raises(ValueError, match="mlp_input"):
-        build_model(ModelConfig(name="mlp", mlp_input="bag"), V, T)
+        build_model({"name": "transformer", "d_model": 30, "n_heads": 4}, V, T)
+    with pytest.raises(ValueError, match="model.input='bag'"):
+        build_model({"name": "mlp", "input": "bag"}, V, T)
+    with pytest.raises(ValueError, match="model.n_layers=0"):
+        build_model({"name": "lstm", "n_layers": 0}, V, T)
     with pytest.raises(ValueError, match="max_seq_len"):
-        build_model(ModelConfig(), V, 8)(torch.zeros(1, 9, dtype=torch.long))
+        build_model({"name": "transformer"}, V, 8)(torch.zeros(1, 9, dtype=torch.long))

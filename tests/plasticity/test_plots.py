@@ -10,17 +10,11 @@ import pytest
 import yaml
 from matplotlib.image import imread
 
-from plasticity.config import load_config
-from plasticity.plots import (
-    kl_curves,
-    make_plots,
-    probe_series,
-    r_from_rows,
-    r_matrix_figure,
-    save,
-)
-from plasticity.rundir import read_jsonl
-from plasticity.sweep_plots import plot_sweep
+from plasticity.files import read_jsonl
+from plasticity.results.figures import kl_curves, save
+from plasticity.results.plots import make_plots, probe_series, r_from_rows, r_matrix_figure
+from plasticity.results.sweep_plots import plot_sweep
+from plasticity.run.config import load_config
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 RUN_FIGURES = {"kl_curves.png", "r_matrix.png", "calibration.png", "probes.png"}
@@ -28,7 +22,7 @@ RUN_FIGURES = {"kl_curves.png", "r_matrix.png", "calibration.png", "probes.png"}
 
 @pytest.fixture(scope="module")
 def smoke_dir(tmp_path_factory) -> Path:
-    from plasticity.experiment import run
+    from plasticity.entry import run
 
     run_dir = tmp_path_factory.mktemp("plots") / "smoke"
     with pytest.MonkeyPatch.context() as mp:

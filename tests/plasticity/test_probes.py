@@ -4,16 +4,15 @@ import pytest
 import torch
 from torch import nn
 
-from plasticity.models import ModelConfig, build_model
-from plasticity.probes import (
+from plasticity.eval.probes import (
     distance_from,
     dormant_fraction,
     effective_rank,
-    grad_norm,
     probe_all,
     unit_activity,
     weight_norm,
 )
+from plasticity.models import build_model
 
 
 def test_dormant_fraction_hand():
@@ -39,9 +38,6 @@ def test_norms_and_distance():
         lin.weight.fill_(1.0)
         lin.bias.fill_(2.0)
     assert weight_norm(lin) == pytest.approx(math.sqrt(6 + 8))
-    assert grad_norm(lin) == 0.0
-    lin(torch.ones(1, 3)).sum().backward()  # d/dW = 1 for all 6 weights, d/db = 1 for 2 biases
-    assert grad_norm(lin) == pytest.approx(math.sqrt(8))
     state = {k: v.clone() for k, v in lin.state_dict().items()}
     assert distance_from(lin, state) == 0.0
     state["weight"] += 1.0
@@ -53,7 +49,7 @@ def test_norms_and_distance():
 @pytest.mark.parametrize("name", ["transformer", "mlp", "lstm"])
 def test_unit_activity_and_probe_all(name):
     torch.manual_seed(0)
-    model = build_model(ModelConfig(name=name, hidden=16), 10, 12)
+    model = build_model({"name": name} if name == "transformer" else {"name": name, "hidden": 16}, 10, 12)
     model.train()
     tokens = torch.randint(0, 10, (4, 12))
     activity = unit_activity(model, tokens)

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from plasticity.cli import main
-from plasticity.report import arm_metrics
+from plasticity.results.report import arm_metrics
 
 
 def make_run(path: Path, seed: int, lr: float, arms: dict[str, list[list[float]]], summary: bool = True,
@@ -132,9 +132,9 @@ def test_missing_dir_exits_2_and_empty_dir_says_so(tmp_path, capsys):
 def test_plots_are_called_or_skipped_with_a_note(runs, monkeypatch, capsys):
     root, _ = runs
     calls = []
-    fake = types.ModuleType("plasticity.plots")
+    fake = types.ModuleType("plasticity.results.plots")
     fake.make_plots = lambda run_dir: calls.append(("run", Path(run_dir).name)) or []
-    fake_sweep = types.ModuleType("plasticity.sweep_plots")
+    fake_sweep = types.ModuleType("plasticity.results.sweep_plots")
 
     def plot_sweep(run_dirs, out_dir):
         calls.append(("sweep", len(run_dirs)))
@@ -143,12 +143,12 @@ def test_plots_are_called_or_skipped_with_a_note(runs, monkeypatch, capsys):
         return [Path(out_dir) / "sweep_final_kl.png"]
 
     fake_sweep.plot_sweep = plot_sweep
-    monkeypatch.setitem(sys.modules, "plasticity.plots", fake)
-    monkeypatch.setitem(sys.modules, "plasticity.sweep_plots", fake_sweep)
+    monkeypatch.setitem(sys.modules, "plasticity.results.plots", fake)
+    monkeypatch.setitem(sys.modules, "plasticity.results.sweep_plots", fake_sweep)
     assert main(["report", str(root)]) == 0
     assert ("sweep", 4) in calls and sum(kind == "run" for kind, _ in calls) == 4  # runs without plots/
     assert "![sweep_final_kl](plots/sweep_final_kl.png)" in (root / "report.md").read_text()
-    monkeypatch.setitem(sys.modules, "plasticity.plots", None)  # not importable
+    monkeypatch.setitem(sys.modules, "plasticity.results.plots", None)  # not importable
     capsys.readouterr()
     assert main(["report", str(root)]) == 0
     assert "plots skipped" in capsys.readouterr().out

@@ -78,7 +78,7 @@ def test_sigterm_writes_a_checkpoint_and_exits_143(reference, tmp_path):
 
 
 def test_resume_tolerates_a_truncated_last_metrics_line(tmp_path):
-    from plasticity.rundir import RunDir
+    from plasticity.run.rundir import RunDir
 
     rd = RunDir(tmp_path)
     rd.append_metrics([{"arm": "a", "step": 1, "kl_bits": 0.5}])
@@ -127,11 +127,11 @@ STOP_AT = {arm: 130 for arm in ARMS} | {"si_at_phase_end": 100}  # 100: the last
 def test_every_strategy_except_naive_and_frozen_is_covered():
     from plasticity.strategies import STRATEGIES
 
-    assert {e["strategy"] for e in ARMS.values()} == set(STRATEGIES) - {"naive", "frozen"}
+    assert {e["strategy"] for e in ARMS.values()} == set(STRATEGIES.names()) - {"naive", "frozen"}
 
 
 def _config():
-    from plasticity.config import load_config
+    from plasticity.run.config import load_config
 
     return load_config("smoke", ["progress=false", "trainer.threads=1", "eval.every=20", "run.checkpoint_every=20",
                                  f"stream={json.dumps(STREAM)}", f"arms={json.dumps(ARMS)}"])
@@ -141,11 +141,15 @@ def _config():
 def interrupted(tmp_path_factory):
     """(reference Experiment, its dir, {arm: the Experiment that resumed it}, its dir,
     {arm: its strategy's state_dict at the stop}, in stop order)."""
-    import plasticity.experiment as ex
-    from plasticity.checkpointing import Checkpointer, Preempted
+    import plasticity.run.work_units as work_units
+    from plasticity.run.build import build
+    from plasticity.run.config import load_run_config
+    from plasticity.run.experiment import Experiment
+    from plasticity.train.checkpointing import Checkpointer
+    from plasticity.train.stopping import Preempted
 
     reference_dir = tmp_path_factory.mktemp("uninterrupted")
-    reference = ex.Experiment(_config(), reference_dir)
+    reference = Experiment(build(_config()), reference_dir)
     reference.run()
 
     stopped: dict[str, dict] = {}  # arm -> its strategy's state when it was stopped
@@ -159,17 +163,17 @@ def interrupted(tmp_path_factory):
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     path = tmp_path_factory.mktemp("interrupted")
-    resumed_by: dict[str, ex.Experiment] = {}
+    resumed_by: dict[str, Experiment] = {}
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ex, "Checkpointer", StopAt)
-        exp = ex.Experiment(_config(), path)
+        mp.setattr(work_units, "Checkpointer", StopAt)
+        exp = Experiment(build(_config()), path)
         for _ in range(len(ARMS) + 1):
             try:
                 exp.run()
                 break
             except Preempted:
                 assert not (path / "summary.json").exists()
-                exp = ex.Experiment(ex.load_run_config(path), path, resume=True)
+                exp = Experiment(build(load_run_config(path)), path, resume=True)
                 resumed_by[list(stopped)[-1]] = exp
     return reference, reference_dir, resumed_by, path, stopped
 
@@ -195,7 +199,7 @@ def test_the_mechanisms_acted_before_the_interruption_and_were_carried_over(inte
     assert any(t.abs().sum() > 0 for t in at_stop["si_at_phase_end"]["path"].values())
     assert any(t.abs().sum() > 0 for t in at_stop["si"]["omega"].values())
     assert at_stop["lwf"]["teacher"] is not None
-    ref, res = reference.parts.strategies, {arm: exp.parts.strategies[arm] for arm, exp in resumed_by.items()}
+    ref, res = reference.built.strategies, {arm: exp.built.strategies[arm] for arm, exp in resumed_by.items()}
     for arm, counter in (("cbp", "replaced"), ("redo", "replaced"), ("shrink_perturb", "applied"),
                          ("replay", "seen")):
         assert getattr(res[arm], counter) == getattr(ref[arm], counter) > 0, (arm, counter)

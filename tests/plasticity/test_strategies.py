@@ -8,29 +8,35 @@ test subclasses that record state around the strategy's own hooks.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
 import torch
-import yaml
 
-from plasticity.config import OptimConfig
-from plasticity.models import ModelConfig, build_model
-from plasticity.module import WindTunnelModule, sequence_loss, stream_loader
+from plasticity.models import build_model
+from plasticity.models.units import ActivityCapture
+from plasticity.run.build import build
+from plasticity.run.config import load_config, to_container
 from plasticity.strategies import STRATEGIES, build_strategy
+from plasticity.strategies.base import strategy_generator, strategy_seed
 from plasticity.strategies.cbp import CBP
 from plasticity.strategies.ewc import EWC, fisher_diagonal, fisher_targets
 from plasticity.strategies.l2_init import L2Init
 from plasticity.strategies.lwf import LwF, distill_kl
 from plasticity.strategies.naive import Naive
 from plasticity.strategies.redo import ReDo
+from plasticity.strategies.reinit import fresh_state, reinit_units
 from plasticity.strategies.replay import Replay
 from plasticity.strategies.reset import Reset
 from plasticity.strategies.shrink_perturb import ShrinkPerturb
 from plasticity.strategies.si import SI
-from plasticity.strategies.units import ActivityCapture, derive_seed, fresh_state, make_generator, reinit_units
+from plasticity.train.data import stream_loader
+from plasticity.train.lightning_module import WindTunnelModule
+from plasticity.train.loss import sequence_loss
+from plasticity.train.optim import OptimConfig
 from streams import Stream
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,8 +54,8 @@ def tiny_stream(steps=(4, 6, 6), batch_size=4, length=6, seed=0) -> Stream:
 
 def tiny_model(stream: Stream, seed=0, **kw) -> torch.nn.Module:
     torch.manual_seed(seed)
-    cfg = ModelConfig(**{"name": "transformer", "n_layers": 1, "d_model": 16, "n_heads": 2, "d_ff": 32, **kw})
-    return build_model(cfg, stream.vocab_size, stream.max_seq_len)
+    spec = {"name": "transformer", "n_layers": 1, "d_model": 16, "n_heads": 2, "d_ff": 32, **kw}
+    return build_model(spec, stream.vocab_size, stream.max_seq_len)
 
 
 def pretrained_pair(stream: Stream, seed=0):
@@ -103,13 +109,19 @@ ALL = ["replay", "ewc", "si", "lwf", "l2_init", "shrink_perturb", "cbp", "redo",
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_registered_with_a_config_of_the_defaults(name):
-    assert name in STRATEGIES
-    entry = yaml.safe_load((ROOT / "configs" / "strategy" / f"{name}.yaml").read_text())
-    assert entry["strategy"] == name
-    strategy = build_strategy("arm", entry)
-    defaults = type(strategy).Params()
-    assert strategy.params == defaults, "the YAML must state the Params defaults"
+def test_registered_with_a_description_and_its_defaults_recorded_by_the_run(name):
+    cls = STRATEGIES.get(name)
+    assert cls.name == name and cls.description
+    cfg = load_config("smoke", [f"arms=[{name}]", "progress=false"])
+    build(cfg)  # the config, built, spells out every parameter: the run records what ran
+    entry = to_container(cfg.arms[name])
+    assert entry == {"strategy": name, **dataclasses.asdict(cls.Params())}
+    assert build_strategy("arm", entry).params == cls.Params()
+
+
+def test_ddp_safety_is_declared_by_the_strategy():
+    unsafe = {n for n in STRATEGIES.names() if not STRATEGIES.get(n).ddp_safe}
+    assert unsafe == {"shrink_perturb", "cbp", "redo", "reset"}
 
 
 BAD = [
@@ -195,7 +207,7 @@ def test_reinit_units_redraws_rows_zeroes_columns_and_moments():
         layer.in_linear.bias[idx] = 9.0
     before_in = layer.in_linear.weight.detach().clone()
     before_moment = opt.state[layer.out_linear.weight]["exp_avg"].clone()
-    reinit_units(layer, idx, opt, make_generator(0))
+    reinit_units(layer, idx, opt, strategy_generator(0))
     w_in, w_out = layer.in_linear.weight, layer.out_linear.weight
     assert (w_in[idx].abs() < 1.0).all() and (w_in[idx] != 0).any()  # re-drawn at std init_std
     assert torch.equal(w_in[keep], before_in[keep])
@@ -247,7 +259,7 @@ def test_reset_reinitializes_weights_and_clears_the_optimizer():
     assert [entry[0] for entry in probe.log_] == [1, 2]
     phase, before, after, state_before, state_after = probe.log_[1]
     assert state_before > 0 and state_after == 0  # phase 1 had filled Adam's state; phase 2 starts clean
-    fresh = fresh_state(model, derive_seed(stream.seed, 0, 2))
+    fresh = fresh_state(model, strategy_seed(stream.seed, 0, 2))
     other = fresh_state(model, 12345)
     for n in after:
         assert not torch.equal(after[n], before[n]), n
@@ -397,15 +409,14 @@ def brute_force_fisher(model, batch, targets, eps=1e-6):
 def test_ewc_fisher_matches_brute_force(kind):
     stream = tiny_mlp_stream()
     torch.manual_seed(0)
-    cfg = ModelConfig(name="mlp", hidden=3, depth=1)
-    model = build_model(cfg, stream.vocab_size, stream.max_seq_len).double()
+    model = build_model({"name": "mlp", "hidden": 3, "depth": 1}, stream.vocab_size, stream.max_seq_len).double()
     batch = stream.batch(0)
-    fisher = fisher_diagonal(model, [batch], kind == "empirical", make_generator(7))
+    fisher = fisher_diagonal(model, [batch], kind == "empirical", strategy_generator(7))
     if kind == "empirical":  # the data's next token at each position (the last one is unscored)
         targets = torch.cat([batch.tokens[:, 1:], batch.tokens[:, :1]], dim=1)
     else:  # the same draws from the model's predictive
         with torch.no_grad():
-            targets = fisher_targets(model(batch.tokens), batch, False, make_generator(7))
+            targets = fisher_targets(model(batch.tokens), batch, False, strategy_generator(7))
     expected = brute_force_fisher(model, batch, targets)
     for name in expected:
         assert (fisher[name] >= 0).all()
@@ -559,7 +570,7 @@ def test_shrink_perturb_adds_sigma_times_a_fresh_init():
     before = params_of(model)
     sp.on_phase_start(module, 1)
     noise = {n: (p.detach() - 0.8 * before[n]) / 0.5 for n, p in model.named_parameters()}
-    fresh = fresh_state(model, derive_seed(stream.seed, 4, 0))
+    fresh = fresh_state(model, strategy_seed(stream.seed, 4, 0))
     for n in noise:
         assert torch.allclose(noise[n], fresh[n], atol=1e-5), n
     assert torch.allclose(noise["blocks.0.ln1.weight"], torch.ones(16), atol=1e-5)  # LayerNorm gain 1
@@ -653,34 +664,3 @@ def test_redo_recycles_dormant_units_every_n_steps():
     check_recycled(probe.snaps[1], probe.snaps[2])
     # Units that are clearly active keep their outgoing weights.
     assert (probe.snaps[2][3].abs().sum(0) > 0).sum() >= 32 - counts[2]
-
-
-# ---------------------------------------------------------------------------------------------------
-# The worked example of docs/strategies.md, run as written
-
-
-def doc_blocks(lang: str) -> list[str]:
-    text = (ROOT / "docs" / "strategies.md").read_text()
-    return [b.split("```", 1)[0] for b in text.split(f"```{lang}\n")[1:]]
-
-
-def test_the_docs_example_strategy_runs_from_an_import_path(tmp_path, monkeypatch):
-    code = next(b for b in doc_blocks("python") if "class HeadReset" in b)
-    entry = next(yaml.safe_load(b) for b in doc_blocks("yaml") if "HeadReset" in b)
-    (tmp_path / "mypkg").mkdir()
-    (tmp_path / "mypkg" / "__init__.py").write_text("")
-    (tmp_path / "mypkg" / "mymodule.py").write_text(code)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    strategy = build_strategy("head_reset", entry)
-    assert type(strategy).__name__ == "HeadReset" and strategy.params.scale == 1.0
-    with pytest.raises(ValueError, match="scale=-1"):
-        build_strategy("a", {**entry, "scale": -1})
-
-    stream = tiny_stream()
-    model, init_state = pretrained_pair(stream)
-    before = model.head.weight.detach().clone()
-    run_arm(strategy, stream, model, init_state, last_phase=1)
-    fresh = fresh_state(model, derive_seed(stream.seed, 0, 1))
-    assert not torch.allclose(model.head.weight, before)
-    # One phase-1 start reset, then a few small Adam steps: still near the fresh head.
-    assert (model.head.weight.detach() - fresh["head.weight"]).abs().max() < 0.1

@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from plasticity.cli import main
-from plasticity.config import ConfigError, load_config
-from plasticity.sweep.executors import minutes, submitit_parameters
+from plasticity.run.config import ConfigError, load_config
 from plasticity.sweep.plan import plan, run_name
+from plasticity.sweep.resources import minutes, submitit_parameters
 from plasticity.sweep.spec import WANDB_KEYS, format_override, load_sweep
 
 TINY = ["stream.phases.0.steps=20", "stream.phases.1.steps=10", "eval.every=10", "plots=false"]
@@ -78,7 +78,7 @@ def test_grid_sweep_runs_every_trial(grid):
 
 def test_trials_match_a_fresh_run_whatever_their_worker_ran_before(grid, tmp_path):
     """Each of the 2 workers ran 2 trials; every result equals the same config run here, bit for bit."""
-    from plasticity.experiment import run
+    from plasticity.entry import run
 
     code, sweep, out = grid
     for t in json.loads((out / "sweep_index.json").read_text())["trials"]:
@@ -339,7 +339,7 @@ def test_a_killed_trial_is_recorded_failed_then_resumed_to_the_same_result(tmp_p
     import subprocess
     import sys
 
-    from plasticity.experiment import run
+    from plasticity.entry import run
 
     overrides = ["run.checkpoint_every=20", "eval.every=10", "plots=false"]
     spec = {"command": ["plasticity", "run", "smoke", *overrides, "${args_no_hyphens}"], "method": "grid",

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from plasticity.config import load_config
-from plasticity.wandb_sink import WandbSink, default_sinks, resolve_mode
+from plasticity.run.config import load_config
+from plasticity.sinks.wandb import WandbSink, default_sinks, resolve_mode
 
 PHASES = ["pretrain", "drift"]
 CLOSED_PORT = "http://127.0.0.1:9"  # the discard port: a connection is refused at once, locally
@@ -164,7 +164,7 @@ def test_online_init_failure_falls_back_to_offline(wandb_env, monkeypatch, capsy
 
 # ------------------------------------------------------------------------------------------- through run()
 def test_experiment_run_logs_offline(wandb_env):
-    from plasticity.experiment import run
+    from plasticity.entry import run
 
     run_dir = wandb_env / "smoke"
     summary = run(load_config("smoke", ["progress=false", "plots=false", "logger.wandb.mode=disabled"]), run_dir,
@@ -177,7 +177,7 @@ def test_experiment_run_logs_offline(wandb_env):
 def test_a_raising_wandb_log_does_not_fail_the_run(wandb_env, monkeypatch, capsys):
     from wandb.sdk.wandb_run import Run
 
-    from plasticity.experiment import run
+    from plasticity.entry import run
 
     def boom(self, *args, **kwargs):
         raise RuntimeError("wandb exploded")
@@ -197,7 +197,7 @@ def test_a_raising_wandb_log_does_not_fail_the_run(wandb_env, monkeypatch, capsy
 
 def test_importing_the_sink_module_does_not_import_wandb():
     """The experiment imports default_sinks at module level; wandb must wait until a sink starts."""
-    code = "import sys, plasticity.wandb_sink; sys.exit('wandb' in sys.modules or 'matplotlib' in sys.modules)"
+    code = "import sys, plasticity.sinks.wandb; sys.exit('wandb' in sys.modules or 'matplotlib' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
 
 

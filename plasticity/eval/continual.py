@@ -1,0 +1,120 @@
+"""Continual-learning summaries of an R matrix, in bits, and an arm's entry in summary.json.
+
+`R[i][j]` is the KL (bits per scored token) on phase j's eval bank at the end of phase i; the rows are the
+phases trained so far (a row may also hold columns for phases not yet trained). Sign convention: every
+quantity here is "positive = worse", since R holds a loss, not an accuracy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from plasticity.eval.rows import FRESH_ARM
+
+
+def _rows(R) -> list[list[float | None]]:
+    # Cells may be None (not evaluated); only the cells a summary reads must be numbers.
+    rows = R.tolist() if isinstance(R, torch.Tensor) else [list(r) for r in R]
+    if not rows:
+        raise ValueError("the R matrix has no rows")
+    for i, row in enumerate(rows):
+        if len(row) <= i:
+            raise ValueError(f"R row {i} has {len(row)} entries; it needs at least {i + 1} (phases 0..{i})")
+    return [[None if v is None else float(v) for v in row] for row in rows]
+
+
+def forgetting_bits(R) -> list[float]:
+    """Per phase j <= last: R[last][j] − min_{i>=j} R[i][j] (the KL lost since its best; 0 for the last)."""
+    rows = _rows(R)
+    last = len(rows) - 1
+    return [rows[last][j] - min(rows[i][j] for i in range(j, last + 1)) for j in range(last + 1)]
+
+
+def bwt_bits(R) -> float:
+    """Backward transfer: mean over j < last of R[last][j] − R[j][j]; positive = worse (forgetting)."""
+    rows = _rows(R)
+    last = len(rows) - 1
+    if last == 0:
+        return 0.0
+    return sum(rows[last][j] - rows[j][j] for j in range(last)) / last
+
+
+def auc_kl(steps: Sequence[float], kls: Sequence[float], length: float | None = None) -> float:
+    """Trapezoid area under a phase's KL curve divided by its length (default: the span of `steps`) — the
+    time-averaged KL in bits. A single evaluation returns its value."""
+    if len(steps) != len(kls) or not steps:
+        raise ValueError(f"auc_kl needs equally long, non-empty steps and kls ({len(steps)} vs {len(kls)})")
+    if len(steps) == 1:
+        return float(kls[0])
+    area = sum((steps[i + 1] - steps[i]) * (kls[i + 1] + kls[i]) / 2 for i in range(len(steps) - 1))
+    span = steps[-1] - steps[0] if length is None else length
+    if span <= 0:
+        raise ValueError(f"auc_kl needs a positive length, got {span}")
+    return float(area / span)
+
+
+def steps_to_threshold(steps: Sequence[int], kls: Sequence[float], threshold: float,
+                       start: int = 0) -> int | None:
+    """Steps from `start` to the first evaluation with KL <= threshold; None if it never gets there."""
+    for step, kl in zip(steps, kls):
+        if kl <= threshold:
+            return step - start
+    return None
+
+
+def plasticity_gap_bits(R_arm, R_fresh) -> list[float]:
+    """Per phase i: R_arm[i][i] − R_fresh[i][i], the excess KL of the continual learner over a freshly
+    initialized one trained on that phase alone (positive = lost plasticity), over their common phases."""
+    a, f = _rows(R_arm), _rows(R_fresh)
+    return [a[i][i] - f[i][i] for i in range(min(len(a), len(f)))]
+
+
+def arm_summary(strategy: str, R_rows: dict[int, list[float]], curves: dict[int, list[tuple[int, float]]],
+                phases: Sequence, threshold_bits: float, diverged: str | None = None) -> dict:
+    """R matrix, final KL, forgetting, BWT, and per phase the AUC of the KL curve and the steps to reach
+    `threshold_bits`. A diverged arm has R rows only for the phases it finished: the rows it never
+    reached are None, and so is everything read from the last row (final KL, forgetting, BWT), rather
+    than numbers taken from an earlier phase that would pass for the end of the stream."""
+    R = [R_rows[i] for i in sorted(R_rows)]
+    n = len(phases)
+    summary = {
+        "strategy": strategy,
+        "R_kl_bits": R,
+        "final_kl_bits": sum(R[-1]) / len(R[-1]),
+        "final_current_kl_bits": R[-1][len(R) - 1],
+        "forgetting_bits": forgetting_bits(R),
+        "bwt_bits": bwt_bits(R),
+        "auc_kl": [],
+        "steps_to_threshold": [],
+    }
+    for i, p in enumerate(phases[: len(R)]):
+        curve = [(s, k) for s, k in curves.get(i, []) if p.start <= s <= p.start + p.steps]
+        steps, kls = (list(x) for x in zip(*curve)) if curve else ([], [])
+        summary["auc_kl"].append(auc_kl(steps, kls) if curve else None)
+        summary["steps_to_threshold"].append(steps_to_threshold(steps, kls, threshold_bits, p.start) if curve else None)
+    if diverged:
+        missing = n - len(R)
+        summary.update(R_kl_bits=R + [[None] * n for _ in range(missing)], final_kl_bits=None,
+                       final_current_kl_bits=None, forgetting_bits=None, bwt_bits=None,
+                       auc_kl=summary["auc_kl"] + [None] * missing,
+                       steps_to_threshold=summary["steps_to_threshold"] + [None] * missing,
+                       diverged=diverged)
+    return summary
+
+
+def add_fresh(arm_results: dict[str, dict], fresh_kl: dict[int, float], n_phases: int,
+              fresh_diverged: dict | None = None) -> None:
+    """Add each arm's plasticity gap to the fresh learners (KL at the end of phase i, arm minus fresh) and
+    the fresh learners' own entry; `fresh_kl[i]` is the KL of phase i's fresh learner at its end."""
+    fresh_R = [[0.0] * n_phases for _ in range(n_phases)]
+    for i, v in fresh_kl.items():
+        fresh_R[i][i] = v
+    for res in arm_results.values():
+        reached = [row for row in res["R_kl_bits"] if None not in row]  # a diverged arm's rows stop early
+        gap = [None] + list(plasticity_gap_bits(reached, fresh_R)[1:])
+        res["plasticity_gap_bits"] = gap + [None] * (n_phases - len(gap))
+    arm_results[FRESH_ARM] = {"strategy": FRESH_ARM, "kl_bits_by_phase": {str(i): v for i, v in fresh_kl.items()}}
+    if fresh_diverged:
+        arm_results[FRESH_ARM]["diverged"] = dict(fresh_diverged)

@@ -1,0 +1,141 @@
+"""Evaluation on fixed eval banks: calibration against the exact posterior plus structural probes.
+
+`Evaluator` is the Lightning callback that evaluates an arm every `eval.every` stream steps and at every
+phase end, appends rows to metrics.jsonl and records the rows of the R matrix.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from plasticity.eval.calibration import CalibrationAccumulator
+from plasticity.eval.probes import probe_all
+from plasticity.eval.rows import BY_POSITION, ROW_METRICS
+from streams import Batch, Stream
+
+
+@torch.no_grad()
+def evaluate_bank(model: nn.Module, bank: Batch, batch_size: int, device: torch.device) -> dict:
+    acc = CalibrationAccumulator(bank.tokens.shape[1])
+    was_training = model.training
+    model.eval()
+    try:
+        for i in range(0, len(bank), batch_size):
+            chunk = bank[i : i + batch_size]
+            logits = model(chunk.tokens.to(device))
+            acc.update(logits, chunk.posterior.to(device), chunk.scored.to(device), chunk.tokens.to(device))
+    finally:
+        model.train(was_training)
+    return acc.compute()
+
+
+def evaluate_all(model: nn.Module, banks: dict[int, Batch], batch_size: int, device: torch.device
+                 ) -> dict[int, dict]:
+    """Metrics per phase; recurring phases that share one bank object are evaluated once."""
+    by_bank: dict[int, dict] = {}
+    out = {}
+    for phase, bank in banks.items():
+        if id(bank) not in by_bank:
+            by_bank[id(bank)] = evaluate_bank(model, bank, batch_size, device)
+        out[phase] = by_bank[id(bank)]
+    return out
+
+
+class Evaluator(pl.Callback):
+    """Evaluates one arm on every phase's bank at chosen stream steps and records R rows at phase ends."""
+
+    def __init__(
+        self,
+        arm: str,
+        stream: Stream,
+        banks: dict[int, Batch],
+        eval_steps: set[int],
+        batch_size: int,
+        probes: bool,
+        tau: float,
+        reference_state: dict[str, torch.Tensor] | None,
+        reference_name: str,
+        write_rows: Callable[[list[dict]], None],
+        on_eval: Callable[[str, int, float], None] | None = None,
+        on_phase_end: Callable[[str, int, dict[int, list[float]]], None] | None = None,
+    ):
+        self.arm, self.stream, self.banks = arm, stream, banks
+        self.eval_steps = eval_steps
+        self.batch_size, self.probes, self.tau = batch_size, probes, tau
+        self.reference_state, self.reference_name = reference_state, reference_name
+        self.write_rows = write_rows
+        self.on_eval = on_eval
+        self.on_phase_end = on_phase_end
+        self.phase_ends = {p.start + p.steps: i for i, p in enumerate(stream.phases)}
+        self.R: dict[int, list[float]] = {}  # phase index -> KL on every phase's bank at its end
+        self.curves: dict[int, list[tuple[int, float]]] = {j: [] for j in banks}  # eval phase -> (step, kl)
+        self.seconds = 0.0
+
+    def evaluate(self, model: nn.Module, step: int, grad_norm: float = 0.0, record: bool = True) -> list[dict]:
+        """Evaluate on every bank; `record=False` only returns the rows (see `replay`)."""
+        t0 = time.perf_counter()
+        device = next(model.parameters()).device
+        phase = self.stream.phase_at(min(step, self.stream.total_steps) - 1) if step > 0 else 0
+        results = evaluate_all(model, self.banks, self.batch_size, device)
+        probes: dict = {}
+        if self.probes:
+            tokens = self.banks[phase].tokens[: self.batch_size].to(device)
+            probes = probe_all(model, tokens, self.tau, self.reference_state, self.reference_name)
+            probes["grad_norm"] = grad_norm
+        rows = []
+        for j, m in results.items():
+            row = {"arm": self.arm, "step": step, "phase": phase, "eval_phase": j,
+                   "eval_phase_name": self.stream.phases[j].name}
+            row.update({k: m[k] for k in ROW_METRICS})
+            row.update({key: m[key] for key in BY_POSITION})
+            row.update(probes)
+            rows.append(row)
+        if record:
+            for r in rows:
+                self.curves[r["eval_phase"]].append((step, r["kl_bits"]))
+            self.record(step, rows)
+        self.seconds += time.perf_counter() - t0
+        return rows
+
+    def record(self, step: int, rows: list[dict]) -> None:
+        self.write_rows(rows)
+        if step in self.phase_ends:
+            self.R[self.phase_ends[step]] = [r["kl_bits"] for r in sorted(rows, key=lambda r: r["eval_phase"])]
+            if self.on_phase_end is not None:
+                self.on_phase_end(self.arm, self.phase_ends[step], dict(self.R))
+        if self.on_eval is not None:
+            current = [r for r in rows if r["eval_phase"] == r["phase"]]
+            self.on_eval(self.arm, step, current[0]["kl_bits"] if current else float("nan"))
+
+    def replay(self, rows: list[dict], step: int) -> None:
+        """Record already-computed rows at another step (a frozen arm's weights do not change)."""
+        phase = self.stream.phase_at(step - 1)
+        rows = [dict(r, step=step, phase=phase) for r in rows]
+        for r in rows:
+            self.curves[r["eval_phase"]].append((step, r["kl_bits"]))
+        self.record(step, rows)
+
+    def state_dict(self) -> dict:
+        return {"R": {int(k): list(v) for k, v in self.R.items()},
+                "curves": {int(j): [list(p) for p in c] for j, c in self.curves.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.R = {int(k): list(v) for k, v in state["R"].items()}
+        self.curves = {int(j): [tuple(p) for p in c] for j, c in state["curves"].items()}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = pl_module.stream_step
+        if step in self.eval_steps:
+            self.evaluate(pl_module.model, step, pl_module.last_grad_norm)
+
+
+def eval_schedule(every: int, start: int, end: int, phase_ends: list[int]) -> set[int]:
+    """Stream steps in (start, end] at which to evaluate: multiples of `every` and every phase end."""
+    steps = set(range((start // every + 1) * every, end + 1, every))
+    steps.update(e for e in phase_ends if start < e <= end)
+    return steps

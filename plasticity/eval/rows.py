@@ -1,0 +1,14 @@
+"""What a metrics.jsonl row holds, named once for everything that writes or reads rows (torch-free).
+
+One row per arm, evaluation step and eval phase: `arm`, `step`, `phase` (the phase being trained),
+`eval_phase`, `eval_phase_name`, the calibration metrics below, the by-position curves and the probes.
+"""
+
+# Rows of the run that are not arms of the config: the shared pretraining and the fresh learners.
+PRETRAIN_ARM, FRESH_ARM = "pretrain", "fresh"
+RESERVED_ARMS = (PRETRAIN_ARM, FRESH_ARM)
+
+ROW_KEYS = ("arm", "step", "phase", "eval_phase", "eval_phase_name")
+# The calibration metrics of a row, in bits (plasticity.eval.calibration).
+ROW_METRICS = ("kl_bits", "entropy_gap_bits", "nll_bits", "bayes_nll_bits", "nll_gap_se_bits", "ece")
+BY_POSITION = ("kl_bits_by_position", "model_entropy_bits_by_position", "posterior_entropy_bits_by_position")

@@ -1,0 +1,318 @@
+"""Figures of one run from its run directory (metrics.jsonl, summary.json), written as PNGs to <run>/plots/.
+
+Everything here reads only the run directory, so a plot can be redrawn for any finished or crashed run:
+`make_plots(run_dir)`.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+from matplotlib import colors as mcolors
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
+
+from plasticity.results.figures import (
+    DPI,
+    FRESH,
+    KL_FLOOR,
+    PRETRAIN,
+    STYLE,
+    arm_colors,
+    arm_label,
+    arm_order,
+    fig_legend,
+    grid,
+    kl_curves,
+    mark_phases,
+    phase_ends,
+    phase_names,
+    save,
+    shade_phase,
+)
+from plasticity.results.runs import load
+from streams.checks import is_number
+
+PROBES = (  # key, panel title, y label
+    ("dormant_frac", "dormant units", "fraction of units"),
+    ("effective_rank", "effective rank of features", "rank"),
+    ("weight_norm", "weight norm", "L2 norm"),
+    ("distance", "distance from reference weights", "L2 distance"),
+    ("grad_norm", "gradient norm", "L2 norm"),
+)
+
+
+def kl_figure(rows: list[dict], summary: dict | None = None, title: str | None = None) -> Figure:
+    """(a) KL to the exact posterior over the stream, one panel per eval phase, one line per arm."""
+    names = phase_names(rows, summary)
+    ends = phase_ends(rows)
+    curves = kl_curves(rows)
+    arms = [a for a in arm_order(rows, summary) if a in curves]
+    colors = arm_colors(arms)
+    n = len(names)
+    with matplotlib.rc_context(STYLE):
+        fig, axes = grid(n, sharey=True)
+        handles: dict[str, object] = {}
+        for j, ax in enumerate(axes[:n]):
+            shade_phase(ax, j, ends)
+            for arm in arms:
+                pts = [(s, max(k, KL_FLOOR)) for s, k in curves[arm].get(j, [])]
+                if not pts:
+                    continue
+                s, k = zip(*pts)
+                (line,) = ax.plot(s, k, color=colors[arm], lw=1.8 if arm == PRETRAIN else 1.3,
+                                  ls="--" if arm == FRESH else "-", marker="o", ms=2.0, label=arm_label(arm),
+                                  zorder=3 if arm == PRETRAIN else 2)
+                handles.setdefault(arm_label(arm), line)
+            ax.set_yscale("log")
+            mark_phases(ax, ends, names)
+            ax.set_title(f"evaluated on phase {j}: {names[j]}")
+            ax.set_xlabel("stream step")
+            ax.grid(True, which="major", alpha=0.25)
+            ax.margins(y=0.18)
+        for ax in axes[:n]:
+            if ax.get_subplotspec().is_first_col():
+                ax.set_ylabel("KL(posterior ‖ model) (bits/token)")
+        fig.suptitle(title or f"{(summary or {}).get('name', 'run')}: KL to the exact posterior "
+                     "(shaded: that phase is being trained)")
+        fig_legend(fig, handles)
+    return fig
+
+
+def _as_matrix(R) -> tuple[np.ndarray, list[int]]:
+    """R as a list of rows or a {phase index: row} dict (rows recorded so far) -> (matrix, row indices)."""
+    if isinstance(R, dict):
+        idx = sorted(int(i) for i in R)
+        rows = [R[i] if i in R else R[str(i)] for i in idx]
+    else:
+        rows, idx = list(R), list(range(len(R)))
+    width = max((len(r) for r in rows), default=0)
+    M = np.full((len(rows), width), np.nan)
+    for a, r in enumerate(rows):
+        M[a, : len(r)] = [v if is_number(v) else np.nan for v in r]
+    return M, idx
+
+
+def _r_norm(values: np.ndarray):
+    v = values[np.isfinite(values)]
+    if v.size and v.min() > 0 and v.max() / v.min() > 20:
+        return mcolors.LogNorm(vmin=v.min(), vmax=v.max())
+    return mcolors.Normalize(vmin=0.0, vmax=float(v.max()) if v.size and v.max() > 0 else 1.0)
+
+
+def _draw_r(ax, R, phases: list[str], norm, cmap: str = "magma_r"):
+    M, idx = _as_matrix(R)
+    im = ax.imshow(np.ma.masked_invalid(M), cmap=cmap, norm=norm, aspect="auto")
+    cm = im.get_cmap()
+    for a in range(M.shape[0]):
+        for b in range(M.shape[1]):
+            if np.isfinite(M[a, b]):
+                r, g, bl, _ = cm(norm(M[a, b]))
+                dark = 0.299 * r + 0.587 * g + 0.114 * bl < 0.5
+                ax.text(b, a, f"{M[a, b]:.3g}", ha="center", va="center", fontsize=7,
+                        color="white" if dark else "black")
+    name = lambda i: phases[i] if i < len(phases) else str(i)  # noqa: E731
+    ax.set_xticks(range(M.shape[1]), [name(j) for j in range(M.shape[1])], rotation=30, ha="right")
+    ax.set_yticks(range(M.shape[0]), [f"end of {name(i)}" for i in idx])
+    ax.set_xlabel("evaluated on phase")
+    return im
+
+
+def _plain_ticks(cbar) -> None:
+    """0.3 rather than 3×10⁻¹ on a log colorbar."""
+    fmt = FuncFormatter(lambda v, _: f"{v:.2g}")
+    cbar.ax.yaxis.set_major_formatter(fmt)
+    cbar.ax.yaxis.set_minor_formatter(fmt)
+
+
+def r_matrix_figure(R, phases: list[str], title: str = "R matrix") -> Figure:
+    """Heatmap of R[i][j] = KL (bits) on phase j's eval bank at the end of phase i, values annotated.
+    R: list of rows, or the {phase index: row} dict of rows recorded so far."""
+    M, _ = _as_matrix(R)
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(1.0 + 1.0 * max(M.shape[1], 2), 1.2 + 0.55 * max(M.shape[0], 2)), dpi=DPI,
+                     layout="constrained")
+        ax = fig.subplots()
+        im = _draw_r(ax, R, phases, _r_norm(M))
+        _plain_ticks(fig.colorbar(im, ax=ax, label="KL (bits)"))
+        ax.set_title(title)
+    return fig
+
+
+def r_matrices_figure(summary: dict, rows: list[dict]) -> Figure | None:
+    """(b) One R heatmap per arm on a shared color scale."""
+    names = phase_names(rows, summary)
+    mats = {arm: res["R_kl_bits"] for arm, res in summary.get("arms", {}).items()
+            if isinstance(res, dict) and res.get("R_kl_bits")} or r_from_rows(rows)
+    if not mats:
+        return None
+    allv = np.concatenate([_as_matrix(R)[0].ravel() for R in mats.values()])
+    norm = _r_norm(allv)
+    n = len(mats)
+    side = 0.75 * max(len(names), 2)
+    with matplotlib.rc_context(STYLE):
+        fig, axes = grid(n, ncols_max=3, w=side + 1.4, h=side * 0.8 + 0.9, extra_h=0.4)
+        im = None
+        for ax, (arm, R) in zip(axes, mats.items()):
+            im = _draw_r(ax, R, names, norm)
+            diverged = (summary.get("arms", {}).get(arm) or {}).get("diverged")
+            ax.set_title(f"{arm} (diverged)" if diverged else arm)  # its rows after the divergence stay blank
+        _plain_ticks(fig.colorbar(im, ax=axes[:n], label="KL (bits)", shrink=0.9))
+        fig.suptitle("R matrix: KL on phase j (columns) at the end of phase i (rows)")
+    return fig
+
+
+def r_from_rows(rows: list[dict]) -> dict[str, dict[int, list[float]]]:
+    """R rows from the phase-end evaluations, for a run without summary.json; arms inherit row 0 from
+    pretraining."""
+    ends = phase_ends(rows)
+    end_steps = {s: i for i, s in ends.items()}
+    out: dict[str, dict[int, list[float]]] = defaultdict(dict)
+    for r in sorted(rows, key=lambda r: (r["arm"], r["step"], r["eval_phase"])):
+        i = end_steps.get(r["step"])
+        if i is not None and r["phase"] == i and r["arm"] != FRESH:
+            out[r["arm"]].setdefault(i, []).append(r["kl_bits"] if is_number(r["kl_bits"]) else float("nan"))
+    pre = out.get(PRETRAIN, {})
+    for arm, R in out.items():
+        if arm != PRETRAIN and 0 in pre:
+            R.setdefault(0, pre[0])
+    if len(out) > 1:
+        out.pop(PRETRAIN, None)
+    return {a: dict(sorted(R.items())) for a, R in out.items()}
+
+
+def final_rows(rows: list[dict]) -> dict[str, dict]:
+    """arm -> its last evaluation on the phase it was training then (pretraining only when it is the
+    sole arm, i.e. a single-phase run)."""
+    last: dict[str, dict] = {}
+    for r in rows:
+        if r["eval_phase"] == r["phase"] and (r["arm"] not in last or r["step"] >= last[r["arm"]]["step"]):
+            last[r["arm"]] = r
+    if len(last) > 1:
+        last.pop(PRETRAIN, None)
+    return last
+
+
+def calibration_figure(entries: dict[str, dict], phases: list[str] | None = None) -> Figure | None:
+    """(c) The paper's calibration plot: model vs exact-posterior entropy (bits) by position, one panel per
+    arm. Without the entropy fields (older runs) it falls back to the KL by position."""
+    entries = {a: r for a, r in entries.items() if r.get("kl_bits_by_position") or
+               r.get("model_entropy_bits_by_position")}
+    if not entries:
+        return None
+    colors = arm_colors(entries)
+    has_h = all(r.get("model_entropy_bits_by_position") and r.get("posterior_entropy_bits_by_position")
+                for r in entries.values())
+    nan = lambda xs: np.array([x if is_number(x) else np.nan for x in xs], dtype=float)  # noqa: E731
+    with matplotlib.rc_context(STYLE):
+        same_phase = len({r["eval_phase"] for r in entries.values()}) == 1
+        fig, axes = grid(len(entries), ncols_max=4, w=2.6, h=2.3, extra_h=0.6, sharey=same_phase)
+        handles: dict[str, object] = {}
+        for ax, (arm, r) in zip(axes, entries.items()):
+            name = (phases[r["eval_phase"]] if phases and r["eval_phase"] < len(phases)
+                    else r.get("eval_phase_name", r["eval_phase"]))
+            if has_h:
+                hq, hp = nan(r["model_entropy_bits_by_position"]), nan(r["posterior_entropy_bits_by_position"])
+                pos = np.arange(len(hq))
+                (lp,) = ax.plot(pos, hp, color="black", ls="--", lw=1.4, label="exact posterior H(p*)")
+                (lq,) = ax.plot(pos, hq, color=colors[arm], lw=1.4, marker="o", ms=2.0)
+                handles.setdefault("exact posterior H(p*)", lp)
+                handles[f"model H(q): {arm}"] = lq
+                if ax.get_subplotspec().is_first_col() or not same_phase:
+                    ax.set_ylabel("predictive entropy (bits)")
+            else:
+                kl = nan(r["kl_bits_by_position"])
+                (lq,) = ax.plot(np.arange(len(kl)), np.maximum(kl, KL_FLOOR), color=colors[arm], lw=1.4,
+                                marker="o", ms=2.0)
+                ax.set_yscale("log")
+                handles[f"KL(p* ‖ q) by position: {arm}"] = lq
+                ax.set_ylabel("KL (bits)")
+            ax.set_xlabel("position in sequence")
+            ax.set_title(f"{arm} on {name}\nstep {r['step']}, KL {r.get('kl_bits', float('nan')):.3g} bits")
+            ax.grid(True, alpha=0.25)
+        fig.suptitle("calibration at the end of the stream: entropy by position" if has_h else
+                     "KL to the posterior by position (entropies not recorded in this run)")
+        fig_legend(fig, handles)
+    return fig
+
+
+def probe_series(rows: list[dict]) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """arm -> probe -> [(step, value)]; probes are per evaluation, so one value per (arm, step)."""
+    out: dict[str, dict[str, list[tuple[int, float]]]] = defaultdict(lambda: defaultdict(list))
+    seen = set()
+    for r in sorted(rows, key=lambda r: (r["step"], r["eval_phase"])):
+        if (r["arm"], r["step"]) in seen:
+            continue
+        seen.add((r["arm"], r["step"]))
+        for key, *_ in PROBES:
+            value = r.get(key)
+            if key == "distance":
+                value = next((v for k, v in r.items() if k.startswith("distance_from_")), None)
+            if is_number(value):
+                out[r["arm"]][key].append((r["step"], value))
+    pre = out.get(PRETRAIN, {})
+    for arm, by_key in out.items():  # arms fork from the last pretraining evaluation: draw from there
+        if arm in (PRETRAIN, FRESH):
+            continue
+        for key, pts in by_key.items():
+            if not pre.get(key) or pts[0][0] <= pre[key][-1][0]:
+                continue
+            if key in ("dormant_frac", "effective_rank", "weight_norm"):
+                pts.insert(0, pre[key][-1])
+            elif key == "distance":
+                pts.insert(0, (pre[key][-1][0], 0.0))  # the distance from the pretrained weights starts at 0
+    return {a: dict(v) for a, v in out.items()}
+
+
+def probes_figure(rows: list[dict], summary: dict | None = None) -> Figure | None:
+    """(d) Probes over the stream, one panel per probe, one line per arm."""
+    series = probe_series(rows)
+    keys = [p for p in PROBES if any(p[0] in s for s in series.values())]
+    if not keys:
+        return None
+    names, ends = phase_names(rows, summary), phase_ends(rows)
+    arms = [a for a in arm_order(rows, summary) if a in series]
+    colors = arm_colors(arms)
+    with matplotlib.rc_context(STYLE):
+        fig, axes = grid(len(keys), ncols_max=3, w=2.9, h=2.2)
+        handles: dict[str, object] = {}
+        for ax, (key, title, ylabel) in zip(axes, keys):
+            for arm in arms:
+                pts = series[arm].get(key)
+                if pts:
+                    s, v = zip(*pts)
+                    (line,) = ax.plot(s, v, color=colors[arm], lw=1.3, marker="o", ms=1.8,
+                                      ls="--" if arm == FRESH else "-")
+                    handles.setdefault(arm_label(arm), line)
+            mark_phases(ax, ends, names)
+            ax.set_title(title if key != "distance" else "distance from reference\n"
+                         "(init for pretraining, pretrained weights for arms)")
+            ax.set_xlabel("stream step")
+            ax.set_ylabel(ylabel)
+            ax.grid(True, alpha=0.25)
+            ax.margins(y=0.15)
+            if key == "dormant_frac":
+                ax.set_ylim(-0.02, max(0.1, ax.get_ylim()[1]))
+        fig.suptitle("probes over the stream")
+        fig_legend(fig, handles)
+    return fig
+
+
+def make_plots(run_dir: Path | str) -> list[Path]:
+    """All run-level figures as PNGs under <run_dir>/plots/; returns the paths written."""
+    run_dir = Path(run_dir)
+    run = load(run_dir)
+    rows, summary = run.rows(), run.summary or {}
+    if not rows:
+        return []
+    out, names = run_dir / "plots", phase_names(rows, summary)
+    figures = {
+        "kl_curves.png": kl_figure(rows, summary),
+        "r_matrix.png": r_matrices_figure(summary, rows),
+        "calibration.png": calibration_figure(final_rows(rows), names),
+        "probes.png": probes_figure(rows, summary),
+    }
+    return [save(fig, out / name) for name, fig in figures.items() if fig is not None]

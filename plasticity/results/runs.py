@@ -1,0 +1,112 @@
+"""Finding and loading run directories and sweep indexes, for the report, the sweep figures and sweeps.
+
+A run directory holds config.yaml and, once finished, summary.json (plasticity.run.rundir); a sweep's
+--out folder also holds sweep_index.json, the status of every trial (plasticity.sweep.index).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from plasticity.files import read_jsonl
+from plasticity.run.config import ConfigError
+
+INDEX_NAME = "sweep_index.json"
+# Config keys that do not change what a run measures (seed, paths, logging, hardware): runs whose configs
+# agree on everything else are seeds of one setting.
+NOT_A_SETTING = ("seed", "run", "git_commit", "progress", "plots", "logger", "trainer", "description")
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict
+    summary: dict | None
+    problem: str | None = None  # why the summary is missing or unreadable
+
+    def diverged_arms(self) -> dict[str, str]:
+        """{arm: divergence message} from the summary (empty when none diverged, or no summary yet)."""
+        arms = (self.summary or {}).get("arms") or {}
+        return {arm: str(res["diverged"]) for arm, res in arms.items() if isinstance(res, dict) and res.get("diverged")}
+
+    def rows(self) -> list[dict]:
+        """The metrics rows (a truncated last line skipped)."""
+        return read_jsonl(self.path / "metrics.jsonl")
+
+    @property
+    def experiment(self) -> str:
+        return str(self.config.get("name") or (self.summary or {}).get("name") or self.path.name)
+
+
+def _is_run(path: Path) -> bool:
+    return (path / "summary.json").is_file() or (path / "config.yaml").is_file()
+
+
+def find(dirs: list[str | Path]) -> tuple[list[Path], list[Path]]:
+    """(run directories, sweep index files) under the given folders, each once, in a stable order."""
+    runs: dict[Path, None] = {}
+    indexes: dict[Path, None] = {}
+    for d in dirs:
+        d = Path(d)
+        if not d.is_dir():
+            raise ConfigError(f"report: {d}: no such directory")
+        if _is_run(d):
+            runs[d.resolve()] = None
+            continue
+        for root, subdirs, files in os.walk(d):
+            root_path = Path(root)
+            subdirs.sort()
+            if INDEX_NAME in files:
+                indexes[(root_path / INDEX_NAME).resolve()] = None
+            if root_path != d and _is_run(root_path):
+                runs[root_path.resolve()] = None
+                subdirs[:] = []  # checkpoints/, plots/, wandb/ hold no runs
+    return list(runs), list(indexes)
+
+
+def load(path: Path) -> Run:
+    try:
+        config = yaml.safe_load((path / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        config = {}
+    summary_path = path / "summary.json"
+    if not summary_path.is_file():
+        return Run(path, config, None, "no summary.json (running, interrupted or failed)")
+    try:
+        return Run(path, config, json.loads(summary_path.read_text()))
+    except (OSError, json.JSONDecodeError) as e:
+        return Run(path, config, None, f"unreadable summary.json ({type(e).__name__})")
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, str]:
+    if isinstance(d, dict) and d:
+        out: dict[str, str] = {}
+        for k, v in d.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): json.dumps(d, sort_keys=True)}
+
+
+def config_setting(config: dict, drop: tuple[str, ...] = ()) -> dict[str, str]:
+    """The config minus what does not change the experiment (seed, paths, logging, hardware), flattened:
+    runs with equal settings are seeds of one another."""
+    return flatten({k: v for k, v in config.items() if k not in NOT_A_SETTING + drop})
+
+
+def failed_trials(indexes: list[Path]) -> list[dict]:
+    out = []
+    for path in indexes:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        for t in data.get("trials") or []:
+            if isinstance(t, dict) and t.get("status") == "failed":
+                out.append({**t, "index": str(path)})
+    return out

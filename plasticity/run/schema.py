@@ -1,0 +1,114 @@
+"""The experiment config schema: structured OmegaConf dataclasses, the allowed choices and value ranges.
+
+Each layer owns the config of what it builds (streams: StreamSpec; models: each model's own Config;
+strategies: each strategy's Params; train: OptimConfig); this schema composes them with the run's own
+settings. Every key here is checked when a config is loaded (plasticity.run.config).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from plasticity.train.loss import LOSSES
+from plasticity.train.optim import OptimConfig
+from streams.stream import StreamSpec
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "auto"  # auto | cpu | cuda
+    # torch CPU threads; 0 keeps torch's default (all cores). One thread per process is the robust default:
+    # on a shared 2-core machine two threads collapse when the other core is busy (docs/benchmarks.md).
+    threads: int = 1
+    deterministic: bool = True
+    devices: int = 1  # processes (CPU) or GPUs; > 1 runs Lightning DDP (plasticity.distributed)
+    strategy: str = "auto"  # auto (DDP when devices > 1) | ddp
+
+
+@dataclass
+class EvalConfig:
+    every: int = 100  # evaluate every N training steps (and at every phase end)
+    size: int | None = None  # overrides stream.eval_size
+    batch_size: int = 256
+    probes: bool = True
+    tau: float = 0.1  # ReDo's dormancy threshold
+    threshold_bits: float = 0.05  # for steps_to_threshold
+
+
+@dataclass
+class RunConfig:
+    name: str | None = None  # default: experiment name + timestamp
+    dir: str | None = None  # overrides runs/<name>
+    root: str = "runs"
+    checkpoint_every: int = 500  # stream steps between resumable checkpoints (0: only at SIGTERM)
+
+
+@dataclass
+class WandbConfig:
+    # online | offline | disabled; unset: $WANDB_MODE if set, else online when an API key is configured,
+    # else offline (files kept for `wandb sync`).
+    mode: str | None = None
+    project: str = "plasticity"
+    entity: str | None = None
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LoggerConfig:
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "custom"
+    description: str = ""
+    seed: int = 0
+    loss: str = "sampled"  # sampled | posterior
+    stream: StreamSpec = field(default_factory=StreamSpec)
+    # {name: transformer | mlp | lstm | package.module:Class, **that model's parameters} (plasticity.models)
+    model: dict[str, Any] = field(default_factory=lambda: {"name": "transformer"})
+    # arm name -> {strategy: NAME or "pkg.module:Class", ...strategy parameters}. Phase 0 is pretraining,
+    # shared by every arm; the arms fork from the pretrained weights for the later phases.
+    arms: dict[str, Any] = field(default_factory=dict)
+    fresh: bool = False  # also train a fresh learner on each phase alone (the plasticity yardstick)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    plots: bool = True  # PNGs in <run>/plots at the end of the run
+    progress: bool = True
+
+
+CHOICES = {
+    "loss": LOSSES,
+    "optim.schedule": ("cosine", "constant"),
+    "trainer.accelerator": ("auto", "cpu", "cuda"),
+    "trainer.strategy": ("auto", "ddp"),
+}
+OPTIONAL_CHOICES = {"logger.wandb.mode": ("online", "offline", "disabled")}
+MAX_SEED = 2**31 - 1  # arms and fresh learners derive their seeds from it; Lightning takes uint32
+# key: (low, high, what the message says); inclusive bounds unless listed in OPEN_*, every value finite
+RANGES: dict[str, tuple[float, float, str]] = {
+    "seed": (0, MAX_SEED, f"an integer in [0, {MAX_SEED}]"),
+    "optim.lr": (0, math.inf, "> 0"),
+    "optim.online_lr": (0, math.inf, "> 0"),
+    "optim.grad_clip": (0, math.inf, "> 0"),
+    "optim.weight_decay": (0, math.inf, ">= 0"),
+    "optim.warmup_steps": (0, math.inf, ">= 0"),
+    "optim.min_lr_ratio": (0, 1, "in [0, 1]"),
+    "optim.beta1": (0, 1, "in [0, 1)"),
+    "optim.beta2": (0, 1, "in [0, 1)"),
+    "eval.every": (1, math.inf, "> 0"),
+    "eval.batch_size": (1, math.inf, "> 0"),
+    "eval.tau": (0, math.inf, ">= 0"),
+    "eval.threshold_bits": (0, math.inf, ">= 0"),
+    "run.checkpoint_every": (0, math.inf, ">= 0"),
+    "trainer.threads": (0, 1024, "an integer in [0, 1024]"),
+    "trainer.devices": (1, 1024, "an integer in [1, 1024]"),
+}
+OPEN_BELOW = ("optim.lr", "optim.online_lr", "optim.grad_clip")
+OPEN_ABOVE = ("optim.beta1", "optim.beta2")
