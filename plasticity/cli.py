@@ -11,6 +11,7 @@ import sys
 
 from plasticity.entry import EXIT_CONFIG, CommandParser, add_run_arguments, one_line
 from plasticity.run.config import GROUPS, ConfigError, group_options
+from plasticity.run.pool import UnitFailed
 from plasticity.train.stopping import DivergenceError
 
 
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {one_line(str(e))}", file=sys.stderr)
         return EXIT_CONFIG
-    except DivergenceError as e:  # pretraining diverged: no arm can fork from it
+    except (DivergenceError, UnitFailed) as e:  # pretraining diverged (no arm can fork from it), or units failed
         print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 1
 

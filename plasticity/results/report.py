@@ -4,8 +4,9 @@ Each DIR is a run directory, a sweep's --out folder or any folder of runs; run d
 recursively (a folder with summary.json, or config.yaml without one: incomplete). Rows are (experiment,
 setting, arm), where the setting is the config minus the seed and what does not change the experiment
 (paths, logging, hardware: `runs.config_setting`, as for the sweep figures), labelled by the keys that
-vary across the runs of that experiment and arm. Columns are mean ± std over the runs (seeds) of a row, std the sample
-standard deviation (n − 1; blank for n = 1):
+vary across the runs of that experiment and arm (the seeds of `plasticity run ... seeds=...` are such
+runs). Columns are mean ± 95% confidence interval over the runs (seeds) of a row (Student t, n − 1 degrees
+of freedom; blank for n = 1); report.csv also has the sample standard deviation:
 
     final_kl_bits    mean KL over all phases at the end of the stream (summary's final_kl_bits)
     bwt_bits         backward transfer, mean over j < last of R[last][j] − R[j][j] (+ = worse)
@@ -31,6 +32,7 @@ from pathlib import Path
 from plasticity.eval.rows import FRESH_ARM
 from plasticity.files import atomic_write_text
 from plasticity.results.runs import Run, config_setting, failed_trials, find, flatten, load
+from plasticity.results.stats import mean_ci
 from streams.checks import is_number
 
 METRICS = ("final_kl_bits", "bwt_bits", "forgetting_bits", "auc_kl_bits", "plasticity_gap_bits")
@@ -47,11 +49,9 @@ class Row:
     values: dict[str, list[float]] = field(default_factory=dict)
     runs: list[str] = field(default_factory=list)
 
-    def stat(self, metric: str) -> tuple[float | None, float | None, int]:
-        vals = self.values.get(metric, [])
-        if not vals:
-            return None, None, 0
-        return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else None, len(vals)
+    def stat(self, metric: str) -> dict:
+        """{mean, ci95, std, n, values} over the runs (plasticity.results.stats.mean_ci)."""
+        return mean_ci(self.values.get(metric, []))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -123,10 +123,10 @@ def _short(text: str) -> str:
 # Output
 
 
-def _cell(mean: float | None, std: float | None) -> str:
-    if mean is None:
+def _cell(stats: dict) -> str:
+    if stats["mean"] is None:
         return "-"
-    return f"{mean:.4f} ± {std:.4f}" if std is not None else f"{mean:.4f}"
+    return f"{stats['mean']:.4f} ± {stats['ci95']:.4f}" if stats["ci95"] is not None else f"{stats['mean']:.4f}"
 
 
 def columns(rows: list[Row]) -> list[str]:
@@ -136,12 +136,13 @@ def columns(rows: list[Row]) -> list[str]:
 def markdown(rows: list[Row], metrics: list[str], failed: list[dict], incomplete: list[Run], plots: list[str],
              diverged: list[tuple[str, str, str]] = ()) -> str:
     lines = ["# plasticity report", "",
-             "Mean ± sample std over the runs (seeds) of each row; n = runs. KL in bits per scored token; "
+             "Mean ± 95% confidence interval (Student t) over the runs (seeds) of each row; n = runs. KL in bits "
+             "per scored token; "
              "+ = worse for BWT, forgetting and the plasticity gap.", ""]
     lines.append("| experiment | setting | arm | n | " + " | ".join(metrics) + " |")
     lines.append("|---|---|---|---:|" + "---:|" * len(metrics))
     for r in rows:
-        cells = [_cell(*r.stat(m)[:2]) for m in metrics]
+        cells = [_cell(r.stat(m)) for m in metrics]
         lines.append(f"| {r.experiment} | {r.label} | {r.arm} | {len(r.runs)} | " + " | ".join(cells) + " |")
     if failed:
         lines += ["", "## Failed trials", ""]
@@ -168,13 +169,13 @@ def _overrides(trial: dict) -> str:
 def csv_text(rows: list[Row], metrics: list[str]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["experiment", "setting", "arm", "n", *(f"{m}_{s}" for m in metrics for s in ("mean", "std")),
-                     "runs"])
+    kinds = ("mean", "ci95", "std")
+    writer.writerow(["experiment", "setting", "arm", "n", *(f"{m}_{k}" for m in metrics for k in kinds), "runs"])
     for r in rows:
         stats = []
         for m in metrics:
-            mean, std, _ = r.stat(m)
-            stats += ["" if mean is None else repr(mean), "" if std is None else repr(std)]
+            st = r.stat(m)
+            stats += ["" if st[k] is None else repr(st[k]) for k in kinds]
         writer.writerow([r.experiment, r.label, r.arm, len(r.runs), *stats, ";".join(r.runs)])
     return buf.getvalue()
 
@@ -186,13 +187,13 @@ def print_table(rows: list[Row], metrics: list[str], failed: list[dict], incompl
     from rich.table import Table
 
     console = Console(width=None if sys.stdout.isatty() else 250)
-    table = Table(title="KL to the exact posterior (bits), mean ± std over seeds")
+    table = Table(title="KL to the exact posterior (bits), mean ± 95% CI over seeds")
     for name, justify in (("experiment", "left"), ("setting", "left"), ("arm", "left"), ("n", "right")):
         table.add_column(name, justify=justify)
     for m in metrics:
         table.add_column(m, justify="right")
     for r in rows:
-        cells = [r.experiment, r.label, r.arm, str(len(r.runs)), *(_cell(*r.stat(m)[:2]) for m in metrics)]
+        cells = [r.experiment, r.label, r.arm, str(len(r.runs)), *(_cell(r.stat(m)) for m in metrics)]
         table.add_row(*map(escape, cells))
     console.print(table)
     for t in failed:

@@ -1,4 +1,5 @@
-"""Figures across the runs of a sweep: seeds of one setting pooled into mean ± std (PNG).
+"""Figures across runs (a sweep, the seeds of one experiment): seeds of one setting pooled into mean ± 95%
+confidence interval (Student t over the seeds; no band for a single seed), as PNGs.
 
 A setting is the config minus the seed, paths, logging and hardware (`runs.config_setting`), so these
 figures group runs exactly as the report's table does.
@@ -32,11 +33,13 @@ from plasticity.results.figures import (
     shade_phase,
 )
 from plasticity.results.runs import config_setting, load
+from plasticity.results.stats import mean_ci
 from streams.checks import is_number
 
 
-def _mean_std_curves(runs: list[list[dict]]) -> dict[str, dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, int]]]:
-    """arm -> eval phase -> (steps, mean, std, n seeds) over the seeds' KL curves, step by step."""
+def _mean_ci_curves(runs: list[list[dict]]) -> dict[str, dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, int]]]:
+    """arm -> eval phase -> (steps, mean, 95% CI half-width (0 for one seed), n seeds) over the seeds' KL
+    curves, step by step."""
     per: dict[str, dict[int, dict[int, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     nseeds: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
     for rows in runs:
@@ -51,16 +54,17 @@ def _mean_std_curves(runs: list[list[dict]]) -> dict[str, dict[int, tuple[np.nda
         for j, by_step in by_phase.items():
             steps = np.array(sorted(by_step))
             vals = [np.array(by_step[s]) for s in steps]
-            out[arm][j] = (steps, np.array([v.mean() for v in vals]), np.array([v.std() for v in vals]),
-                           nseeds[arm][j])
+            stats = [mean_ci(v) for v in vals]
+            out[arm][j] = (steps, np.array([st["mean"] for st in stats]),
+                           np.array([st["ci95"] or 0.0 for st in stats]), nseeds[arm][j])
     return out
 
 
 def sweep_kl_figure(runs: list[tuple[list[dict], dict]], title: str) -> Figure:
-    """KL curves, mean ± std across the seeds of one setting: one panel per eval phase, one band per arm."""
+    """KL curves, mean ± 95% CI across the seeds of one setting: one panel per eval phase, one band per arm."""
     rows0, summary0 = runs[0]
     names, ends = phase_names(rows0, summary0), phase_ends(rows0)
-    stats = _mean_std_curves([rows for rows, _ in runs])
+    stats = _mean_ci_curves([rows for rows, _ in runs])
     arms = [a for a in arm_order(rows0, summary0) if a in stats]
     colors = arm_colors(arms)
     with matplotlib.rc_context(STYLE):
@@ -68,30 +72,34 @@ def sweep_kl_figure(runs: list[tuple[list[dict], dict]], title: str) -> Figure:
         handles: dict[str, object] = {}
         for j, ax in enumerate(axes[: len(names)]):
             shade_phase(ax, j, ends)
+            lowest = np.inf
             for arm in arms:
                 if j not in stats[arm]:
                     continue
-                steps, mean, std, n = stats[arm][j]
+                steps, mean, ci, n = stats[arm][j]
+                lowest = min(lowest, float(np.maximum(mean, KL_FLOOR).min()))
                 (line,) = ax.plot(steps, np.maximum(mean, KL_FLOOR), color=colors[arm], lw=1.4,
                                   ls="--" if arm == FRESH else "-")
-                ax.fill_between(steps, np.maximum(mean - std, KL_FLOOR), np.maximum(mean + std, KL_FLOOR),
+                ax.fill_between(steps, np.maximum(mean - ci, KL_FLOOR), np.maximum(mean + ci, KL_FLOOR),
                                 color=colors[arm], alpha=0.2, lw=0)
                 handles.setdefault(f"{arm_label(arm)} (n={n})", line)
             ax.set_yscale("log")
+            ax.margins(y=0.18)
+            if np.isfinite(lowest):  # an interval reaching 0 runs off the bottom rather than to 1e-6
+                ax.set_ylim(bottom=max(KL_FLOOR, lowest / 4))
             mark_phases(ax, ends, names)
             ax.set_title(f"evaluated on phase {j}: {names[j]}")
             ax.set_xlabel("stream step")
             if ax.get_subplotspec().is_first_col():
-                ax.set_ylabel("KL (bits/token), mean ± std")
+                ax.set_ylabel("KL (bits/token), mean ± 95% CI")
             ax.grid(True, alpha=0.25)
-            ax.margins(y=0.18)
         fig.suptitle(title)
         fig_legend(fig, handles)
     return fig
 
 
 def sweep_final_figure(groups: list[tuple[str, list[dict]]]) -> Figure:
-    """Final mean KL over all phases (summary final_kl_bits) per arm and setting, mean ± std over seeds."""
+    """Final mean KL over all phases (summary final_kl_bits) per arm and setting, mean ± 95% CI over seeds."""
     arms = list(dict.fromkeys(a for _, sums in groups for s in sums for a, r in s.get("arms", {}).items()
                               if isinstance(r, dict) and is_number(r.get("final_kl_bits"))))
     colors = arm_colors(arms)
@@ -106,19 +114,19 @@ def sweep_final_figure(groups: list[tuple[str, list[dict]]]) -> Figure:
                               if is_number(s.get("arms", {}).get(arm, {}).get("final_kl_bits"))])
                 if v.size:
                     x = g + (a - (len(arms) - 1) / 2) * width
-                    ax.bar(x, v.mean(), width, yerr=v.std() if v.size > 1 else None, color=colors[arm],
+                    ax.bar(x, v.mean(), width, yerr=mean_ci(v.tolist())["ci95"], color=colors[arm],
                            label=arm if g == 0 else None, capsize=2)
                     ax.plot(np.full(v.size, x), v, "k.", ms=2.5)
         ax.set_xticks(range(len(groups)), [label for label, _ in groups], rotation=15, ha="right")
         ax.set_ylabel("final KL, mean over phases (bits)")
-        ax.set_title("end of stream: KL to the posterior, mean ± std over seeds (dots: seeds)")
+        ax.set_title("end of stream: KL to the posterior, mean ± 95% CI over seeds (dots: seeds)")
         ax.legend(frameon=False)
         ax.grid(True, axis="y", alpha=0.25)
     return fig
 
 
 def plot_sweep(runs: list[Path | str], out_dir: Path | str) -> list[Path]:
-    """Seeds of one setting (the config minus seed, paths and logging) are pooled: KL curves mean ± std per
+    """Seeds of one setting (the config minus seed, paths and logging) are pooled: KL curves mean ± 95% CI per
     setting (sweep_kl_<k>.png) and the final KL per arm and setting (sweep_final_kl.png)."""
     out_dir = Path(out_dir)
     groups: dict[str, list[tuple[list[dict], dict, dict]]] = {}
@@ -141,7 +149,7 @@ def plot_sweep(runs: list[Path | str], out_dir: Path | str) -> list[Path]:
         seeds = sorted({m[2].get("seed") for m in members}, key=str)
         fig = sweep_kl_figure([(rows, summary) for rows, summary, _ in members],
                               f"{config.get('name', 'sweep')} [{label}]: KL to the posterior, "
-                              f"mean ± std over {len(members)} runs (seeds {', '.join(map(str, seeds))})")
+                              f"mean ± 95% CI over {len(members)} runs (seeds {', '.join(map(str, seeds))})")
         paths.append(save(fig, out_dir / f"sweep_kl_{k}.png"))
         labelled.append((label, [summary for _, summary, _ in members]))
     if any(s for _, sums in labelled for s in sums):

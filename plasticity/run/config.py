@@ -23,7 +23,15 @@ from omegaconf.errors import OmegaConfBaseException
 from omegaconf.nodes import BooleanNode
 
 from plasticity import models
-from plasticity.run.schema import CHOICES, OPEN_ABOVE, OPEN_BELOW, OPTIONAL_CHOICES, RANGES, ExperimentConfig
+from plasticity.run.schema import (
+    CHOICES,
+    MAX_SEED,
+    OPEN_ABOVE,
+    OPEN_BELOW,
+    OPTIONAL_CHOICES,
+    RANGES,
+    ExperimentConfig,
+)
 from streams.checks import did_you_mean
 
 CONFIG_ROOT = Path(os.environ.get("PLASTICITY_CONFIGS", Path(__file__).resolve().parents[2] / "configs"))
@@ -252,6 +260,10 @@ def check(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={v!r}: must be {allowed}")
     if cfg.eval.size is not None and cfg.eval.size < 1:
         raise ConfigError(f"eval.size={cfg.eval.size}: must be >= 1")
+    workers = cfg.trainer.workers
+    if workers != "auto" and not (_is_int(workers) and 1 <= workers <= 1024):
+        raise ConfigError(f"trainer.workers={workers!r}: must be auto or an integer in [1, 1024]")
+    seed_list(cfg)  # checks `seeds`
     try:
         cfg.model = models.normalize(to_container(cfg.model))
     except ValueError as e:
@@ -259,8 +271,32 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError(msg if msg.startswith("model") else f"model: {msg}") from None
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def seed_list(cfg: DictConfig) -> list[int] | None:
+    """The seeds of `seeds` (a list, or a count n: 0..n-1), or None for a single run at `seed`."""
+    seeds = cfg.seeds
+    if seeds is None:
+        return None
+    values = list(range(seeds)) if _is_int(seeds) else list(seeds) if isinstance(seeds, (list, ListConfig)) else None
+    if (not values or not all(_is_int(s) and 0 <= s <= MAX_SEED for s in values) or len(set(values)) != len(values)
+            or len(values) > 1000):
+        raise ConfigError(f"seeds={OmegaConf.to_container(seeds) if isinstance(seeds, ListConfig) else seeds!r}: "
+                          f"must be a count in [1, 1000] or a list of distinct seeds in [0, {MAX_SEED}]")
+    return values
+
+
 def to_container(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def from_container(raw: dict) -> DictConfig:
+    """A resolved config given as plain data (a run's config.yaml, a config sent to another process)."""
+    cfg = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), {k: v for k, v in raw.items() if k != "git_commit"})
+    check(cfg)
+    return cfg
 
 
 def load_run_config(run_dir: Path | str) -> DictConfig:
@@ -268,12 +304,10 @@ def load_run_config(run_dir: Path | str) -> DictConfig:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"--resume {run_dir}: no config.yaml there (not a run directory)")
-    raw = yaml.safe_load(path.read_text()) or {}
-    raw.pop("git_commit", None)
     try:
-        cfg = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), raw)
+        return from_container(yaml.safe_load(path.read_text()) or {})
+    except ConfigError:
+        raise
     except Exception as e:  # noqa: BLE001 - a hand-edited or foreign config.yaml
         raise ConfigError(f"--resume {run_dir}: config.yaml does not match the schema: {e}".splitlines()[0]) from None
-    check(cfg)
-    return cfg
 

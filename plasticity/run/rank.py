@@ -13,14 +13,12 @@ def main() -> int:
 
     die_with_parent()  # rank 0 writes; nothing here is lost
     job = json.loads(sys.stdin.read())
-    from omegaconf import OmegaConf
-
     from plasticity.run.build import build
+    from plasticity.run.config import from_container
     from plasticity.run.experiment import Experiment
-    from plasticity.run.schema import ExperimentConfig
     from plasticity.train.stopping import DivergenceError, Preempted
 
-    cfg = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), job["config"])
+    cfg = from_container(job["config"])
     cfg.progress, cfg.plots = False, False
     try:
         Experiment(build(cfg), Path(job["run_dir"]), sinks=[], resume=job["resume"]).run()

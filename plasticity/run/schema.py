@@ -23,7 +23,10 @@ class TrainerConfig:
     # on a shared 2-core machine two threads collapse when the other core is busy (docs/benchmarks.md).
     threads: int = 1
     deterministic: bool = True
-    devices: int = 1  # processes (CPU) or GPUs; > 1 runs Lightning DDP (plasticity.distributed)
+    # Processes running the units of work (each arm, each fresh learner) in parallel: auto = the cores this
+    # process may use divided by `threads` (on CUDA: as many as fit on the GPU); 1 runs them one after another.
+    workers: Any = "auto"
+    devices: int = 1  # processes (CPU) or GPUs; > 1 runs Lightning DDP (plasticity.run.distributed)
     strategy: str = "auto"  # auto (DDP when devices > 1) | ddp
 
 
@@ -66,6 +69,9 @@ class ExperimentConfig:
     name: str = "custom"
     description: str = ""
     seed: int = 0
+    # Run the experiment at several seeds: a list of seeds or a count (0..n-1), in one parent directory with a
+    # sub-directory per seed and an aggregate (mean and 95% interval over seeds). None: one run at `seed`.
+    seeds: Any = None
     loss: str = "sampled"  # sampled | posterior
     stream: StreamSpec = field(default_factory=StreamSpec)
     # {name: transformer | mlp | lstm | package.module:Class, **that model's parameters} (plasticity.models)

@@ -107,7 +107,9 @@ def plan(spec: SweepSpec, out: Path, seed: int = 0, threads: int = 1) -> tuple[l
             duplicates += 1
             continue
         trial = Trial(name, dict(params), overrides, (out / name).resolve())
-        trial.extra = [f"run.dir={trial.run_dir}", f"run.name={name}", "progress=false", f"trainer.threads={threads}"]
+        # the sweep runs trials side by side: each runs its own units one after another
+        trial.extra = [f"run.dir={trial.run_dir}", f"run.name={name}", "progress=false", f"trainer.threads={threads}",
+                       "trainer.workers=1"]
         tags = OmegaConf.select(cfg, "logger.wandb.tags")
         if tags is not None:  # the wandb runs of a sweep are findable by a tag (the sink groups by run)
             trial.extra.append(format_override("logger.wandb.tags", [*tags, f"sweep:{spec.name or spec.stem}"]))

@@ -19,3 +19,18 @@ class Explode(Strategy):
         if module.stream_step >= self.params.at:
             return logits.sum() * float("nan")
         return None
+
+
+class Crash(Strategy):
+    """A bug, not a divergence: from stream step `at` on, the arm raises."""
+
+    name = "crash"
+
+    @dataclass
+    class Params:
+        at: int = 0
+
+    def penalty(self, module, batch, logits):
+        if module.stream_step >= self.params.at:
+            raise RuntimeError(f"crash at step {module.stream_step}")
+        return None

@@ -59,7 +59,7 @@ def tiny_experiment(tmp_path: Path, arms: dict, steps=(30, 12, 12)) -> Path:
         "arms": arms,
         "optim": {"lr": 1.0e-2, "warmup_steps": 5, "online_lr": 3.0e-3},
         "eval": {"every": 5, "batch_size": 32},
-        "trainer": {"threads": 1},
+        "trainer": {"threads": 1, "workers": 1},  # the tests read the strategies' in-process state
         "progress": False,
         "plots": False,
         "logger": {"wandb": {"mode": "disabled"}},

@@ -1,4 +1,4 @@
-"""`plasticity report`: rows (experiment, setting, arm) with mean ± std over seeds, from run directories
+"""`plasticity report`: rows (experiment, setting, arm) with mean ± 95% CI over seeds, from run directories
 alone — synthetic ones here (no training), with failures, crashes and truncated files."""
 
 import csv
@@ -66,7 +66,7 @@ def runs(tmp_path):
     return root, xs
 
 
-def test_table_is_mean_and_sample_std_over_seeds(runs, tmp_path, capsys):
+def test_table_is_mean_and_95_percent_interval_over_seeds(runs, tmp_path, capsys):
     root, xs = runs
     assert main(["report", str(root), "--no-plots"]) == 0
     printed = capsys.readouterr().out
@@ -88,7 +88,9 @@ def test_table_is_mean_and_sample_std_over_seeds(runs, tmp_path, capsys):
         std = (sum((v - mean) ** 2 for v in values) / 2) ** 0.5
         assert float(row[f"{metric}_mean"]) == pytest.approx(mean, rel=1e-12), metric
         assert float(row[f"{metric}_std"]) == pytest.approx(std, rel=1e-9), metric
-        assert f"{mean:.4f} ± {std:.4f}" in printed, metric
+        ci = 4.302652729749464 * std / 3**0.5  # t_{0.975, 2} (scipy.stats.t.ppf) · s / sqrt(3)
+        assert float(row[f"{metric}_ci95"]) == pytest.approx(ci, rel=1e-9), metric
+        assert f"{mean:.4f} ± {ci:.4f}" in printed, metric
     single = rows[("optim.online_lr=0.003", "naive")]
     assert single["n"] == "1" and single["final_kl_bits_std"] == ""  # no std from one seed
     assert ("-", "fresh") not in rows and not any(arm == "fresh" for _, arm in rows)

@@ -112,7 +112,7 @@ def test_report_of_the_grid_matches_the_summaries(grid, capsys):
             assert float(row["final_kl_bits_mean"]) == pytest.approx(mean, rel=1e-12)
             assert float(row["final_kl_bits_std"]) == pytest.approx(std, rel=1e-12, abs=1e-15)
             assert float(row["bwt_bits_mean"]) == pytest.approx(statistics.fmean(bwt), rel=1e-12, abs=1e-15)
-            assert f"{mean:.4f} ± {std:.4f}" in printed
+            assert f"{mean:.4f} ± {12.706204736174698 * std / 2**0.5:.4f}" in printed  # t_{0.975, 1} s / sqrt(2)
     assert (out / "report.md").is_file()
     assert "optim.online_lr=0.003" in (out / "report.md").read_text()
 
