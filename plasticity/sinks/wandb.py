@@ -72,6 +72,14 @@ def resolve_mode(mode: str | None = None) -> str:
     return "online" if api_key_configured() else "offline"
 
 
+def _unset_empty_variables() -> None:
+    """wandb validates every WANDB_* variable it reads, and an empty one (what `export WANDB_MODE=$MODE`
+    leaves when MODE is unset) fails its Settings: it means unset, as in resolve_mode, so it goes before
+    wandb reads it."""
+    for key in [k for k, v in os.environ.items() if k.startswith("WANDB_") and not v.strip()]:
+        del os.environ[key]
+
+
 def default_sinks(cfg: Any) -> list[RunSink]:
     """The sinks a config asks for: a WandbSink unless the wandb mode resolves to disabled."""
     w = cfg.logger.wandb
@@ -134,6 +142,7 @@ class WandbSink(RunSink):
     # -------------------------------------------------------------------------------------- hooks
     @_guarded
     def on_start(self, config: dict, run_dir: str) -> None:
+        _unset_empty_variables()
         import wandb  # late: only a run that logs to wandb pays for the import
 
         self._wandb = wandb

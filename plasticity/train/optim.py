@@ -21,6 +21,7 @@ class OptimConfig:
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
     online_lr: float = 3e-4  # constant learning rate of online arms after pretraining
+    fused: bool = False  # AdamW's fused kernel (benchmarks/bench_parallel.py measured it on CPU; see docs)
 
 
 def build_optimizer(model: nn.Module, optim: OptimConfig, lr: float) -> torch.optim.Optimizer:
@@ -31,6 +32,7 @@ def build_optimizer(model: nn.Module, optim: OptimConfig, lr: float) -> torch.op
         [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=lr,
         betas=(optim.beta1, optim.beta2),
+        **({"fused": True} if optim.fused else {}),  # the default path otherwise, as runs have always used
     )
 
 

@@ -144,6 +144,20 @@ def test_offline_sink_writes_run_files_under_the_run_dir(wandb_env, logged, caps
     assert "calibration/drift" in naive_logs[-1]
 
 
+def test_an_empty_wandb_mode_in_the_environment_means_unset(wandb_env, logged, monkeypatch, capsys):
+    """`export WANDB_MODE=$MODE` with MODE unset: wandb's own Settings rejected the empty value, and the run
+    lost its dashboard (no files). Empty means unset, for wandb too."""
+    monkeypatch.setenv("WANDB_MODE", "")
+    run_dir = wandb_env / "run"
+    sink = WandbSink(mode="offline", system_metrics=False)
+    drive(sink, run_dir)
+    sink.close()
+    assert sink.failures == 0 and "warning" not in capsys.readouterr().err
+    assert len(wandb_files(run_dir)) == 2
+    naive_logs = logged[next(k for k in logged if k.startswith("naive@"))]
+    assert [d["stream_step"] for d in naive_logs if "kl_bits/pretrain" in d] == [0, 10, 15, 20]  # the whole history
+
+
 def test_several_runs_in_one_process(wandb_env):
     for k in range(2):
         sink = WandbSink(mode="offline", system_metrics=False)
