@@ -155,13 +155,16 @@ def train_bare(parts, cfg, total: int, warmup: int, with_module: bool):
     return model, t1 - t0, c1 - c0, t1 - t_start, first - t_start
 
 
-def train_lightning(parts, cfg, total: int, warmup: int):
+def train_lightning(parts, cfg, total: int, warmup: int, prequential: bool = False):
     t_start = time.perf_counter()
     model = parts.new_model(cfg.seed).to(parts.device)
     module = WindTunnelModule(model, cfg.optim, cfg.loss, parts.stream, 0, total,
                               lr=cfg.optim.lr, schedule=cfg.optim.schedule, warmup_steps=cfg.optim.warmup_steps)
     timer = Timer(warmup, total - 1, parts.device)
-    make_trainer(parts.device, total, [timer, *run_callbacks(parts, cfg, total)], cfg.trainer.deterministic,
+    callbacks = run_callbacks(parts, cfg, total)
+    if prequential:  # the per-step record of a run: the KL of every batch before its update, to a CSV
+        callbacks.insert(0, prequential_callback(parts))
+    make_trainer(parts.device, total, [timer, *callbacks], cfg.trainer.deterministic,
                  distributed.world_size(cfg), distributed.trainer_strategy(cfg, parts.device.type)).fit(
         module, stream_loader(parts.stream, 0, total))
     sync(parts.device)
@@ -192,6 +195,34 @@ def run_callbacks(parts, cfg, total: int) -> list[pl.Callback]:
         return []
 
 
+PREQUENTIAL_SECONDS: list[float] = []  # the record's own time in every step of the runs with it
+
+
+def prequential_callback(parts) -> pl.Callback:
+    from plasticity.eval.prequential import Prequential
+    from plasticity.run.steplog import StepLog
+
+    class Timed(Prequential):  # its own time, step by step: far less noisy than a throughput difference
+        def on_train_batch_end(self, *args) -> None:
+            t0 = time.process_time()
+            super().on_train_batch_end(*args)
+            PREQUENTIAL_SECONDS.append(time.process_time() - t0)
+
+    log = StepLog(Path(tempfile.mkdtemp(prefix="bench_steps_")) / "unit.csv")
+    return Timed(parts.stream, lambda *r: log.add(r))
+
+
+def bench_frozen(parts, steps: int) -> float:
+    """Seconds per step of a frozen arm's record: a forward pass of every stream batch, forward only."""
+    from plasticity.eval.prequential import record_frozen
+
+    model = parts.new_model(0).to(parts.device)
+    records = []
+    t0 = time.perf_counter()
+    record_frozen(model, parts.stream, 0, steps, lambda *r: records.append(r[2].tolist()), parts.device)
+    return (time.perf_counter() - t0) / steps
+
+
 @torch.no_grad()
 def max_weight_gap(a: torch.nn.Module, b: torch.nn.Module) -> float:
     return max(float((p - q).abs().max()) for p, q in zip(a.parameters(), b.parameters()))
@@ -211,6 +242,7 @@ def bench_throughput(args, threads: int) -> list[str]:
         "bare": lambda: train_bare(parts, cfg, total, args.warmup, with_module=False),
         "bare+module": lambda: train_bare(parts, cfg, total, args.warmup, with_module=True),
         "lightning": lambda: train_lightning(parts, cfg, total, args.warmup),
+        "lightning+prequential": lambda: train_lightning(parts, cfg, total, args.warmup, prequential=True),
     }
     steady: dict[str, list[float]] = {k: [] for k in arms}
     cpu: dict[str, list[float]] = {k: [] for k in arms}
@@ -221,7 +253,7 @@ def bench_throughput(args, threads: int) -> list[str]:
     names = list(arms)
     load0 = os.getloadavg()[0]
     for r in range(args.rounds):
-        order = names[r % 3:] + names[: r % 3]
+        order = names[r % len(names):] + names[: r % len(names)]
         models = {}
         for name in order:
             reset_peak(parts.device)
@@ -231,7 +263,7 @@ def bench_throughput(args, threads: int) -> list[str]:
             steady[name].append(args.steps * tokens_per_step / s)
             cpu[name].append(1e3 * c / args.steps)
             whole[name].append(total * tokens_per_step / w)
-        gap = {k: max_weight_gap(models["bare"], models[k]) for k in ("bare+module", "lightning")}
+        gap = {k: max_weight_gap(models["bare"], models[k]) for k in names if k != "bare"}
         gaps.append(max(gap.values()))
         print(f"# round {r}: " + ", ".join(f"{k} {steady[k][-1] / 1e3:.1f}k tok/s ({cpu[k][-1]:.2f} CPU-ms/step)"
                                            for k in order)
@@ -269,7 +301,15 @@ def bench_throughput(args, threads: int) -> list[str]:
     print("|---|---:|---:|---:|---|---:|---:|---|---:|---:|---:|" + ("---:|" if cuda_head else ""))
     for row in rows:
         print(row)
-    print(flush=True)
+    with_record, without = statistics.median(steady["lightning+prequential"]), statistics.median(steady["lightning"])
+    cpu_with, cpu_without = statistics.median(cpu["lightning+prequential"]), statistics.median(cpu["lightning"])
+    frozen = bench_frozen(parts, args.steps)
+    own = statistics.median(PREQUENTIAL_SECONDS) * 1e3
+    print(f"\nPrequential record: its own CPU time {own:.3f} ms/step (median over steps; file writes included) = "
+          f"{100 * own / cpu_without:.1f}% of a training step's (target <= 3%); throughput lightning+prequential / "
+          f"lightning = {with_record / without:.3f}, CPU {100 * (cpu_with / cpu_without - 1):+.1f}% (noisier: "
+          f"the two runs' difference). A frozen arm's record (forward only): {1e3 * frozen:.2f} ms/step, "
+          f"{frozen / (1e-3 * cpu_without):.2f} x a training step's CPU time.", flush=True)
     return rows
 
 

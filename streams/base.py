@@ -25,20 +25,31 @@ class Batch:
 
     It is meaningful where `scored[b, t]`; elsewhere it is all zeros. `scored[:, -1]` is always False.
     `latent` optionally carries the sampled tasks, for diagnostics (tensors with a leading batch axis).
+    `general`, for sequences drawn from a finite task pool (streams.pool), is the posterior under the
+    family's own prior — what an in-context learner that ignores the pool predicts — while `posterior` is
+    the exact one, under the pool; None when the two are the same.
     """
 
     tokens: torch.Tensor  # long [B, T]
     posterior: torch.Tensor  # float64 [B, T, V]
     scored: torch.Tensor  # bool [B, T]
     latent: dict[str, torch.Tensor] = field(default_factory=dict)
+    general: torch.Tensor | None = None  # float64 [B, T, V]
 
     def __post_init__(self) -> None:
         B, T = self.tokens.shape
-        if self.posterior.shape[:2] != (B, T) or self.scored.shape != (B, T):
+        if self.posterior.shape[:2] != (B, T) or self.scored.shape != (B, T) or (
+                self.general is not None and self.general.shape != self.posterior.shape):
             raise ValueError(
                 f"Batch shapes disagree: tokens {tuple(self.tokens.shape)}, "
                 f"posterior {tuple(self.posterior.shape)}, scored {tuple(self.scored.shape)}"
+                + (f", general {tuple(self.general.shape)}" if self.general is not None else "")
             )
+
+    @property
+    def general_posterior(self) -> torch.Tensor:
+        """The posterior under the family's own prior (`posterior` itself outside a task pool)."""
+        return self.posterior if self.general is None else self.general
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
@@ -50,12 +61,15 @@ class Batch:
     def to(self, device: torch.device | str, posterior_dtype: torch.dtype | None = None) -> Batch:
         """Tokens, posterior and mask on `device`; `latent` stays where it is (diagnostics that training
         never reads, so no per-step transfer is paid for them)."""
-        post = self.posterior.to(device=device, dtype=posterior_dtype or self.posterior.dtype)
-        return Batch(self.tokens.to(device), post, self.scored.to(device), dict(self.latent))
+        dtype = posterior_dtype or self.posterior.dtype
+        post = self.posterior.to(device=device, dtype=dtype)
+        general = None if self.general is None else self.general.to(device=device, dtype=dtype)
+        return Batch(self.tokens.to(device), post, self.scored.to(device), dict(self.latent), general)
 
     def __getitem__(self, index) -> Batch:
         latent = {k: v[index] for k, v in self.latent.items()}
-        return Batch(self.tokens[index], self.posterior[index], self.scored[index], latent)
+        general = None if self.general is None else self.general[index]
+        return Batch(self.tokens[index], self.posterior[index], self.scored[index], latent, general)
 
     @staticmethod
     def cat(batches: list[Batch]) -> Batch:
@@ -68,11 +82,15 @@ class Batch:
                 latent = {k: torch.cat([b.latent[k] for b in batches]) for k in keys}
             except RuntimeError:
                 latent = {}
+        general = None  # a batch outside a pool has its own posterior as the general one
+        if any(b.general is not None for b in batches):
+            general = torch.cat([b.general_posterior for b in batches])
         return Batch(
             torch.cat([b.tokens for b in batches]),
             torch.cat([b.posterior for b in batches]),
             torch.cat([b.scored for b in batches]),
             latent,
+            general,
         )
 
     def placed(self, offset: int, vocab_size: int) -> Batch:
@@ -82,9 +100,13 @@ class Batch:
             raise ValueError(f"cannot place {V} tokens at offset {offset} in a vocabulary of {vocab_size}")
         if offset == 0 and V == vocab_size:
             return self
-        post = self.posterior.new_zeros(*self.posterior.shape[:2], vocab_size)
-        post[..., offset : offset + V] = self.posterior
-        return Batch(self.tokens + offset, post, self.scored, self.latent)
+        def place(p: torch.Tensor) -> torch.Tensor:
+            out = p.new_zeros(*p.shape[:2], vocab_size)
+            out[..., offset : offset + V] = p
+            return out
+
+        general = None if self.general is None else place(self.general)
+        return Batch(self.tokens + offset, place(self.posterior), self.scored, self.latent, general)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -21,12 +21,13 @@ import torch
 
 from streams.base import Batch, Family, family_class, make
 from streams.checks import MAX_SIZE, did_you_mean
+from streams.pool import TaskPool
 from streams.seeding import make_generator
 
 TRANSITIONS = ("abrupt", "gradual", "cyclic")
 
 # Seed-sequence tags keep training batches, eval banks and relabel permutations on disjoint streams.
-_TRAIN, _EVAL, _RELABEL = 0x7472, 0x6576, 0x726C
+_TRAIN, _EVAL, _RELABEL, _POOL = 0x7472, 0x6576, 0x726C, 0x706F
 
 
 @dataclass
@@ -39,6 +40,8 @@ class PhaseSpec:
     relabel: bool = False
     repeat: int = 1
     eval_length: Optional[int] = None  # noqa: UP045  (OmegaConf structured configs want Optional)
+    # A finite pool of N tasks drawn once from the family's prior (streams.pool); None: the prior itself
+    tasks: Optional[int] = None  # noqa: UP045
 
 
 @dataclass
@@ -54,7 +57,8 @@ class StreamSpec:
 
 @dataclass(eq=False)
 class Task:
-    """One distinct task: a family placed at `offset`, optionally through a fixed token permutation."""
+    """One distinct task: a family placed at `offset`, optionally through a fixed token permutation and
+    restricted to a finite pool of its tasks."""
 
     index: int
     name: str
@@ -62,6 +66,14 @@ class Task:
     eval_family: Family
     offset: int
     permutation: torch.Tensor | None  # long [V_family]: local token t is shown as permutation[t]
+    pool: TaskPool | None = None  # the phase's pool (`tasks: N`), for its batches and eval bank
+
+    def sampler(self, evaluation: bool = False) -> Family | TaskPool:
+        """What draws this task's sequences: the family (or its eval-length version), or its pool."""
+        family = self.eval_family if evaluation else self.family
+        if self.pool is None:
+            return family
+        return self.pool if family is self.family else self.pool.with_length(family.params()[family.length_param])
 
 
 @dataclass(frozen=True, eq=False)
@@ -92,6 +104,7 @@ class Phase:
 
 
 MAX_BATCH, MAX_REPEAT, MAX_PHASES = 2**20, 10_000, 100_000  # sanity bounds, like streams.checks.MAX_SIZE
+MAX_POOL = 2**20  # tasks in one phase's pool
 
 
 def _int(where: str, value: Any, low: int, high: float = math.inf) -> int:
@@ -182,15 +195,24 @@ class Stream:
             if not name:
                 name = e["family"] if family_names.count(e["family"]) == 1 else f"{e['family']}{i}"
             eval_family = _eval_family(w, family, e["eval_length"], where, stream_eval_length)
+            n_tasks = None if e["tasks"] is None else _int(f"{w}.tasks", e["tasks"], 1, MAX_POOL)
+            if n_tasks is not None and not hasattr(family, "draw_tasks"):
+                raise ValueError(f"{w}.tasks: family '{family.name}' has no finite task pools")
             for r in range(repeat):
                 k = len(tasks)
                 perm = None
                 if e["relabel"]:
                     perm = torch.randperm(family.vocab_size, generator=make_generator(seed, k, _RELABEL))
                 task_name = name if repeat == 1 else f"{name}_{r}"
-                tasks.append(Task(k, task_name, family, eval_family, offset, perm))
+                pool = None if n_tasks is None else TaskPool.draw(family, n_tasks, make_generator(seed, k, _POOL))
+                tasks.append(Task(k, task_name, family, eval_family, offset, perm, pool))
                 task_steps.append(steps)
                 task_where.append(w)
+            if n_tasks is not None and eval_family is not family:  # a pool's tasks must fit its eval bank
+                try:
+                    tasks[-1].sampler(evaluation=True).sample(1, torch.Generator().manual_seed(0))
+                except ValueError as err:
+                    raise ValueError(f"{w}.eval_length: {err}") from None
 
         seen: dict[str, str] = {}
         for t, w in zip(tasks, task_where):
@@ -270,7 +292,7 @@ class Stream:
         parts, owners = [], []
         for p, n in self.mixture(step):
             task = self.tasks[self.phases[p].task_id]
-            parts.append(self._place(task, task.family.sample(n, gen), self.seq_len))
+            parts.append(self._place(task, task.sampler().sample(n, gen), self.seq_len))
             owners.append(torch.full((n,), p, dtype=torch.long))
         out = parts[0] if len(parts) == 1 else Batch.cat(parts)
         out.latent["phase"] = torch.cat(owners)
@@ -283,7 +305,7 @@ class Stream:
         k = self.phases[phase_index].task_id
         if k not in self._banks:
             task = self.tasks[k]
-            raw = task.eval_family.sample(self.eval_size, make_generator(self.seed, k, _EVAL))
+            raw = task.sampler(evaluation=True).sample(self.eval_size, make_generator(self.seed, k, _EVAL))
             self._banks[k] = self._place(task, raw, raw.tokens.shape[1])
         return self._banks[k]
 
@@ -295,19 +317,27 @@ class Stream:
         """Relabel local ids, shift them by the task's offset, right-pad to `length` (token 0, unscored)."""
         B, T = b.tokens.shape
         Vl, o = b.vocab_size, task.offset
-        tokens, post = b.tokens, b.posterior
-        if task.permutation is not None:
-            tokens = task.permutation[tokens]
-            post = post[..., torch.argsort(task.permutation)]  # column perm[j] gets the mass of local j
+        tokens = b.tokens if task.permutation is None else task.permutation[b.tokens]
+        inverse = None if task.permutation is None else torch.argsort(task.permutation)
+
+        def place(post: torch.Tensor | None) -> torch.Tensor | None:
+            if post is None:
+                return None
+            if inverse is not None:
+                post = post[..., inverse]  # column perm[j] gets the mass of local j
+            if o == 0 and Vl == self.vocab_size and T == length:
+                return post
+            out = post.new_zeros(B, length, self.vocab_size)
+            out[:, :T, o : o + Vl] = post
+            return out
+
         if o == 0 and Vl == self.vocab_size and T == length:
-            return Batch(tokens, post, b.scored, dict(b.latent))
+            return Batch(tokens, place(b.posterior), b.scored, dict(b.latent), place(b.general))
         out_tokens = tokens.new_zeros(B, length)
         out_tokens[:, :T] = tokens + o
-        out_post = post.new_zeros(B, length, self.vocab_size)
-        out_post[:, :T, o : o + Vl] = post
         scored = b.scored.new_zeros(B, length)
         scored[:, :T] = b.scored
-        return Batch(out_tokens, out_post, scored, dict(b.latent))
+        return Batch(out_tokens, place(b.posterior), scored, dict(b.latent), place(b.general))
 
     # --- reporting ---------------------------------------------------------------------------------
 
@@ -322,6 +352,7 @@ class Stream:
             t = self.tasks[p.task_id]
             extra = [f"offset {t.offset}"] if t.offset else []
             extra += ["relabeled"] if t.permutation is not None else []
+            extra += [f"pool of {t.pool.n_tasks} tasks"] if t.pool is not None else []
             extra += [f"eval {t.eval_family}"] if t.eval_family is not t.family else []
             lines.append(f"  [{p.index}] {p.name}: {p.family} steps [{p.start}, {p.end}) task {p.task_id}"
                          + "".join(f", {x}" for x in extra))

@@ -17,6 +17,43 @@ LN2 = math.log(2.0)
 ECE_BINS = 15
 
 
+def kl_nats(p: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+    """KL(p ‖ q) in nats over the last axis, float64; 0·log 0 = 0, whatever q is."""
+    pos = p > 0
+    return torch.where(pos, p * (torch.log(torch.where(pos, p, 1.0)) - logq), 0.0).sum(-1)
+
+
+def next_tokens(tokens: torch.Tensor) -> torch.Tensor:
+    """`[B, T, 1]`: tokens[b, t+1] at position t; position T-1 has none (it is never scored)."""
+    return torch.cat([tokens[:, 1:], tokens[:, -1:]], dim=1).unsqueeze(-1)
+
+
+@torch.no_grad()
+def step_calibration(logits: torch.Tensor, posterior: torch.Tensor, scored: torch.Tensor, tokens: torch.Tensor,
+                     general: torch.Tensor | None = None) -> torch.Tensor:
+    """One batch's prequential figures, as a float64 tensor on the logits' device (no host sync):
+    [KL(p* ‖ q) in nats summed over scored tokens, model NLL summed, Bayes NLL summed, scored tokens,
+    KL to the family's general posterior summed (a task pool's second yardstick; NaN without one)].
+    The quantities of CalibrationAccumulator, on the scored positions only, with the fewest operations
+    (every training step pays for them): the scored rows gathered once, KL = Σ p log p − Σ p log q."""
+    rows = scored.reshape(-1).nonzero().squeeze(1).to(logits.device)
+
+    def at_scored(x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(-1, *x.shape[2:]).to(logits.device).index_select(0, rows)
+
+    logq = torch.log_softmax(at_scored(logits).to(torch.float64), dim=-1)
+    p = at_scored(posterior).to(torch.float64)
+    nxt = at_scored(next_tokens(tokens.to(logits.device)))
+    kl = (torch.xlogy(p, p) - p * logq).sum()
+    if general is None:
+        kl_general = kl.new_full((), float("nan"))
+    else:
+        g = at_scored(general).to(torch.float64)
+        kl_general = (torch.xlogy(g, g) - g * logq).sum()
+    n = kl.new_full((), float(len(rows)))
+    return torch.stack([kl, -logq.gather(-1, nxt).sum(), -torch.log(p.gather(-1, nxt)).sum(), n, kl_general])
+
+
 class CalibrationAccumulator:
     """Accumulate over chunks of an eval bank; `compute()` equals the one-shot metrics on the whole bank.
 
@@ -28,6 +65,7 @@ class CalibrationAccumulator:
         z = lambda n: torch.zeros(n, dtype=torch.float64)
         self.count = z(max_seq_len)  # scored entries per position
         self.kl = z(max_seq_len)  # sums per position, in nats
+        self.kl_general: torch.Tensor | None = None  # to a task pool's general posterior, when there is one
         self.h_model = z(max_seq_len)
         self.h_post = z(max_seq_len)
         self.nll = 0.0
@@ -39,7 +77,7 @@ class CalibrationAccumulator:
 
     @torch.no_grad()
     def update(self, logits: torch.Tensor, posterior: torch.Tensor, scored: torch.Tensor,
-               tokens: torch.Tensor) -> None:
+               tokens: torch.Tensor, general: torch.Tensor | None = None) -> None:
         B, T, V = logits.shape
         if posterior.shape != (B, T, V) or scored.shape != (B, T) or tokens.shape != (B, T):
             raise ValueError(
@@ -52,19 +90,22 @@ class CalibrationAccumulator:
         logq = F.log_softmax(logits.to(torch.float64), dim=-1)
         q = logq.exp()
         p = posterior.to(device=logits.device, dtype=torch.float64)
-        pos = p > 0  # 0·log 0 = 0, whatever q is
-        kl = torch.where(pos, p * (torch.log(torch.where(pos, p, 1.0)) - logq), 0.0).sum(-1)
+        kl = kl_nats(p, logq)
         h_post = -torch.xlogy(p, p).sum(-1)
         h_model = -(q * logq).nan_to_num(0.0).sum(-1)
 
         m = mask.to(torch.float64)
         self.count[:T] += m.sum(0).cpu()
         self.kl[:T] += (kl * m).sum(0).cpu()
+        if general is not None:
+            if self.kl_general is None:
+                self.kl_general = torch.zeros_like(self.kl)
+            g = general.to(device=logits.device, dtype=torch.float64)
+            self.kl_general[:T] += (kl_nats(g, logq) * m).sum(0).cpu()
         self.h_model[:T] += (h_model * m).sum(0).cpu()
         self.h_post[:T] += (h_post * m).sum(0).cpu()
 
-        # The next token tokens[b, t+1]; position T-1 has none and is never scored.
-        nxt = torch.cat([tokens[:, 1:], tokens[:, -1:]], dim=1).to(logits.device).unsqueeze(-1)
+        nxt = next_tokens(tokens.to(logits.device))
         nll = -logq.gather(-1, nxt).squeeze(-1)[mask]
         bayes = -torch.log(p.gather(-1, nxt).squeeze(-1)[mask])
         self.nll += nll.sum().item()
@@ -91,11 +132,13 @@ class CalibrationAccumulator:
         out: dict = {
             "n_scored": int(n),
             "kl_bits_by_position": by_position(self.kl),
+            "kl_bits_general_by_position": by_position(self.kl_general) if self.kl_general is not None else None,
             "model_entropy_bits_by_position": by_position(self.h_model),
             "posterior_entropy_bits_by_position": by_position(self.h_post),
         }
         if n == 0:
-            keys = ("kl_bits", "entropy_gap_bits", "nll_bits", "bayes_nll_bits", "nll_gap_se_bits", "ece")
+            keys = ("kl_bits", "entropy_gap_bits", "nll_bits", "bayes_nll_bits", "nll_gap_se_bits", "ece",
+                    "kl_bits_general")
             return {**out, **dict.fromkeys(keys)}
         gap = ((self.h_model - self.h_post).abs() / safe)[has].mean().item() / LN2
         mean_diff = (self.nll - self.bayes_nll) / n
@@ -107,6 +150,7 @@ class CalibrationAccumulator:
         return {
             **out,
             "kl_bits": self.kl.sum().item() / n / LN2,
+            "kl_bits_general": self.kl_general.sum().item() / n / LN2 if self.kl_general is not None else None,
             "entropy_gap_bits": gap,
             "nll_bits": self.nll / n / LN2,
             "bayes_nll_bits": self.bayes_nll / n / LN2,
@@ -116,8 +160,8 @@ class CalibrationAccumulator:
 
 
 def calibration(logits: torch.Tensor, posterior: torch.Tensor, scored: torch.Tensor,
-                tokens: torch.Tensor) -> dict:
+                tokens: torch.Tensor, general: torch.Tensor | None = None) -> dict:
     """The calibration metrics of one batch (see CalibrationAccumulator)."""
     acc = CalibrationAccumulator(logits.shape[1])
-    acc.update(logits, posterior, scored, tokens)
+    acc.update(logits, posterior, scored, tokens, general)
     return acc.compute()

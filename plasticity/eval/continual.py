@@ -26,10 +26,12 @@ def _rows(R) -> list[list[float | None]]:
 
 
 def forgetting_bits(R) -> list[float]:
-    """Per phase j <= last: R[last][j] − min_{i>=j} R[i][j] (the KL lost since its best; 0 for the last)."""
+    """Per phase j <= last: R[last][j] − min_{i>=j} R[i][j] (the KL lost since its best; 0 for the last),
+    over the cells that were evaluated (eval.phases may leave some out; R[j][j] and R[last][j] never are)."""
     rows = _rows(R)
     last = len(rows) - 1
-    return [rows[last][j] - min(rows[i][j] for i in range(j, last + 1)) for j in range(last + 1)]
+    return [rows[last][j] - min(rows[i][j] for i in range(j, last + 1) if rows[i][j] is not None)
+            for j in range(last + 1)]
 
 
 def bwt_bits(R) -> float:
@@ -64,19 +66,31 @@ def steps_to_threshold(steps: Sequence[int], kls: Sequence[float], threshold: fl
     return None
 
 
-def plasticity_gap_bits(R_arm, R_fresh) -> list[float]:
-    """Per phase i: R_arm[i][i] − R_fresh[i][i], the excess KL of the continual learner over a freshly
-    initialized one trained on that phase alone (positive = lost plasticity), over their common phases."""
-    a, f = _rows(R_arm), _rows(R_fresh)
-    return [a[i][i] - f[i][i] for i in range(min(len(a), len(f)))]
+STEP_FIGURES = ("regret_bits", "regret_bits_per_token", "steady_kl_bits", "shift_cost_bits", "adaptation_steps")
+
+
+def step_summary(figures: dict[int, dict], n_phases: int, first_online: int = 1) -> dict:
+    """Per-phase lists of the prequential figures (plasticity.eval.prequential.phase_figures; None where the
+    unit has no records), and the regret over the online phases (>= first_online): in bits and per token."""
+    out = {key: [figures[i][key] if i in figures else None for i in range(n_phases)] for key in STEP_FIGURES}
+    online = [figures[i] for i in figures if i >= first_online]
+    if online:
+        total = sum(f["regret_bits"] for f in online)
+        tokens = sum(f["regret_bits"] / f["regret_bits_per_token"] for f in online if f["regret_bits_per_token"])
+        out["regret_bits_online"] = total
+        out["regret_bits_per_token_online"] = total / tokens if tokens else None
+    return out
 
 
 def arm_summary(strategy: str, R_rows: dict[int, list[float]], curves: dict[int, list[tuple[int, float]]],
-                phases: Sequence, threshold_bits: float, diverged: str | None = None) -> dict:
-    """R matrix, final KL, forgetting, BWT, and per phase the AUC of the KL curve and the steps to reach
-    `threshold_bits`. A diverged arm has R rows only for the phases it finished: the rows it never
-    reached are None, and so is everything read from the last row (final KL, forgetting, BWT), rather
-    than numbers taken from an earlier phase that would pass for the end of the stream."""
+                phases: Sequence, threshold_bits: float, diverged: str | None = None,
+                step_figures: dict[int, dict] | None = None) -> dict:
+    """R matrix, final KL (`final_kl_bits`: the mean over every phase of the last row; `final_current_kl_bits`:
+    R[last][last]), forgetting, BWT, per phase the AUC of the KL curve and the steps to reach
+    `threshold_bits`, and with `step_figures` (the per-phase prequential figures) their lists (`step_summary`).
+    A diverged arm has R rows only for the phases it finished: the rows it never reached are None, and so
+    is everything read from the last row (final KL, forgetting, BWT), rather than numbers taken from an
+    earlier phase that would pass for the end of the stream."""
     R = [R_rows[i] for i in sorted(R_rows)]
     n = len(phases)
     summary = {
@@ -101,20 +115,32 @@ def arm_summary(strategy: str, R_rows: dict[int, list[float]], curves: dict[int,
                        auc_kl=summary["auc_kl"] + [None] * missing,
                        steps_to_threshold=summary["steps_to_threshold"] + [None] * missing,
                        diverged=diverged)
+    if step_figures is not None:
+        summary.update(step_summary(step_figures, n, first_online=1 if n > 1 else 0))
     return summary
 
 
 def add_fresh(arm_results: dict[str, dict], fresh_kl: dict[int, float], n_phases: int,
-              fresh_diverged: dict | None = None) -> None:
+              fresh_diverged: dict | None = None, fresh_steps: dict[int, dict] | None = None) -> None:
     """Add each arm's plasticity gap to the fresh learners (KL at the end of phase i, arm minus fresh) and
-    the fresh learners' own entry; `fresh_kl[i]` is the KL of phase i's fresh learner at its end."""
-    fresh_R = [[0.0] * n_phases for _ in range(n_phases)]
-    for i, v in fresh_kl.items():
-        fresh_R[i][i] = v
+    the fresh learners' own entry; `fresh_kl[i]` is the KL of phase i's fresh learner at its end. With
+    `fresh_steps` (their prequential figures by phase), each arm also gets the warm start's advantage or
+    penalty per phase: `warm_start_regret_bits` (arm minus fresh regret, bits; + = the warm start cost
+    bits) and `warm_start_adaptation_steps` (arm minus fresh adaptation steps)."""
     for res in arm_results.values():
-        reached = [row for row in res["R_kl_bits"] if None not in row]  # a diverged arm's rows stop early
-        gap = [None] + list(plasticity_gap_bits(reached, fresh_R)[1:])
-        res["plasticity_gap_bits"] = gap + [None] * (n_phases - len(gap))
+        R = res["R_kl_bits"]
+        # a diverged arm's rows stop early; a phase without a fresh learner (fresh_every) has no gap
+        res["plasticity_gap_bits"] = [R[i][i] - fresh_kl[i] if i in fresh_kl and i < len(R) and R[i][i] is not None
+                                      and fresh_kl[i] is not None and fresh_kl[i] == fresh_kl[i] else None
+                                      for i in range(n_phases)]
+        if fresh_steps and "regret_bits" in res:
+            for key, out in (("regret_bits", "warm_start_regret_bits"), ("adaptation_steps",
+                                                                          "warm_start_adaptation_steps")):
+                res[out] = [None if i == 0 or i not in fresh_steps or res[key][i] is None
+                            or fresh_steps[i][key] is None else res[key][i] - fresh_steps[i][key]
+                            for i in range(n_phases)]
     arm_results[FRESH_ARM] = {"strategy": FRESH_ARM, "kl_bits_by_phase": {str(i): v for i, v in fresh_kl.items()}}
+    if fresh_steps:
+        arm_results[FRESH_ARM].update(step_summary(fresh_steps, n_phases))
     if fresh_diverged:
         arm_results[FRESH_ARM]["diverged"] = dict(fresh_diverged)

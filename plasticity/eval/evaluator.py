@@ -7,7 +7,7 @@ phase end, appends rows to metrics.jsonl and records the rows of the R matrix.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import pytorch_lightning as pl
 import torch
@@ -28,7 +28,8 @@ def evaluate_bank(model: nn.Module, bank: Batch, batch_size: int, device: torch.
         for i in range(0, len(bank), batch_size):
             chunk = bank[i : i + batch_size]
             logits = model(chunk.tokens.to(device))
-            acc.update(logits, chunk.posterior.to(device), chunk.scored.to(device), chunk.tokens.to(device))
+            acc.update(logits, chunk.posterior.to(device), chunk.scored.to(device), chunk.tokens.to(device),
+                       None if chunk.general is None else chunk.general.to(device))
     finally:
         model.train(was_training)
     return acc.compute()
@@ -63,8 +64,13 @@ class Evaluator(pl.Callback):
         write_rows: Callable[[list[dict]], None],
         on_eval: Callable[[str, int, float], None] | None = None,
         on_phase_end: Callable[[str, int, dict[int, list[float]]], None] | None = None,
+        select: Callable[[int], Iterable[int]] | None = None,
+        final_step: int | None = None,
     ):
+        """`select(phase)`: the eval phases to evaluate while training `phase` (None: every bank); at
+        `final_step` (the unit's last step) every bank is evaluated, so the R matrix's last row is whole."""
         self.arm, self.stream, self.banks = arm, stream, banks
+        self.select, self.final_step = select, final_step
         self.eval_steps = eval_steps
         self.batch_size, self.probes, self.tau = batch_size, probes, tau
         self.reference_state, self.reference_name = reference_state, reference_name
@@ -81,7 +87,7 @@ class Evaluator(pl.Callback):
         t0 = time.perf_counter()
         device = next(model.parameters()).device
         phase = self.stream.phase_at(min(step, self.stream.total_steps) - 1) if step > 0 else 0
-        results = evaluate_all(model, self.banks, self.batch_size, device)
+        results = evaluate_all(model, self.banks_at(step, phase), self.batch_size, device)
         probes: dict = {}
         if self.probes:
             tokens = self.banks[phase].tokens[: self.batch_size].to(device)
@@ -102,10 +108,21 @@ class Evaluator(pl.Callback):
         self.seconds += time.perf_counter() - t0
         return rows
 
+    def banks_at(self, step: int, phase: int) -> dict[int, Batch]:
+        """The banks evaluated at `step` (while training `phase`): `select`'s, always the phase's own, and
+        every bank at the final step."""
+        if self.select is None or step == self.final_step:
+            return self.banks
+        wanted = {*self.select(phase), phase}
+        return {j: b for j, b in self.banks.items() if j in wanted}
+
     def record(self, step: int, rows: list[dict]) -> None:
         self.write_rows(rows)
         if step in self.phase_ends:
-            self.R[self.phase_ends[step]] = [r["kl_bits"] for r in sorted(rows, key=lambda r: r["eval_phase"])]
+            row: list[float | None] = [None] * len(self.stream.phases)  # not evaluated: None
+            for r in rows:
+                row[r["eval_phase"]] = r["kl_bits"]
+            self.R[self.phase_ends[step]] = row
             if self.on_phase_end is not None:
                 self.on_phase_end(self.arm, self.phase_ends[step], dict(self.R))
         if self.on_eval is not None:
@@ -113,9 +130,11 @@ class Evaluator(pl.Callback):
             self.on_eval(self.arm, step, current[0]["kl_bits"] if current else float("nan"))
 
     def replay(self, rows: list[dict], step: int) -> None:
-        """Record already-computed rows at another step (a frozen arm's weights do not change)."""
+        """Record already-computed rows at another step (a frozen arm's weights do not change): those of
+        the banks that step would evaluate."""
         phase = self.stream.phase_at(step - 1)
-        rows = [dict(r, step=step, phase=phase) for r in rows]
+        banks = self.banks_at(step, phase)
+        rows = [dict(r, step=step, phase=phase) for r in rows if r["eval_phase"] in banks]
         for r in rows:
             self.curves[r["eval_phase"]].append((step, r["kl_bits"]))
         self.record(step, rows)
@@ -132,6 +151,23 @@ class Evaluator(pl.Callback):
         step = pl_module.stream_step
         if step in self.eval_steps:
             self.evaluate(pl_module.model, step, pl_module.last_grad_norm)
+
+
+def eval_selection(spec: str, n_phases: int) -> Callable[[int], Iterable[int]] | None:
+    """`eval.phases`: which banks an arm evaluates while it trains a phase, besides that phase's own —
+    `all` (None), `current` (none), `recent:K` (the K phases up to the current), `every:K` (phases 0, K,
+    2K, ...). The cost of an evaluation then stays flat however long the stream."""
+    if spec == "all":
+        return None
+    kind, _, k = spec.partition(":")
+    if kind == "current" and not k:
+        return lambda phase: ()
+    if kind in ("recent", "every") and k.isdigit() and int(k) >= 1:
+        K = int(k)
+        if kind == "recent":
+            return lambda phase: range(max(0, phase - K + 1), phase + 1)
+        return lambda phase: range(0, n_phases, K)
+    raise ValueError(f"eval.phases={spec!r}: must be all, current, recent:K or every:K (K >= 1)")
 
 
 def eval_schedule(every: int, start: int, end: int, phase_ends: list[int]) -> set[int]:

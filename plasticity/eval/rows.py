@@ -8,7 +8,20 @@ One row per arm, evaluation step and eval phase: `arm`, `step`, `phase` (the pha
 PRETRAIN_ARM, FRESH_ARM = "pretrain", "fresh"
 RESERVED_ARMS = (PRETRAIN_ARM, FRESH_ARM)
 
+# Units of work: the pretraining's checkpoints and records are named `pretrained`, a fresh learner's
+# `fresh@<phase>`, an arm's by the arm (plasticity.run.work_units).
+PRETRAIN_UNIT = "pretrained"
+
+
+def unit_arm(unit: str) -> str:
+    """The arm label of a unit's rows and records."""
+    return FRESH_ARM if unit.startswith(f"{FRESH_ARM}@") else PRETRAIN_ARM if unit == PRETRAIN_UNIT else unit
+
+
 ROW_KEYS = ("arm", "step", "phase", "eval_phase", "eval_phase_name")
-# The calibration metrics of a row, in bits (plasticity.eval.calibration).
-ROW_METRICS = ("kl_bits", "entropy_gap_bits", "nll_bits", "bayes_nll_bits", "nll_gap_se_bits", "ece")
-BY_POSITION = ("kl_bits_by_position", "model_entropy_bits_by_position", "posterior_entropy_bits_by_position")
+# The calibration metrics of a row, in bits (plasticity.eval.calibration); `kl_bits_general`, the KL to the
+# family's own posterior for a phase with a finite task pool (streams.pool), is null for the others.
+ROW_METRICS = ("kl_bits", "entropy_gap_bits", "nll_bits", "bayes_nll_bits", "nll_gap_se_bits", "ece",
+               "kl_bits_general")
+BY_POSITION = ("kl_bits_by_position", "model_entropy_bits_by_position", "posterior_entropy_bits_by_position",
+               "kl_bits_general_by_position")

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from plasticity.models.registry import register
-from plasticity.models.units import UnitLayer
+from plasticity.models.units import UnitLayer, activation, check_activation
 from streams.checks import check_int
 
 
@@ -19,8 +19,10 @@ class LSTMConfig:
     hidden: int = 256  # LSTM hidden size (and the width of the GELU layer after it)
     d_model: int = 64  # token-embedding width
     dropout: float = 0.0  # between LSTM layers
+    activation: str = "gelu"  # of the hidden layer after the LSTM: gelu | relu | tanh
 
     def __post_init__(self) -> None:
+        check_activation(self.activation)
         check_int("model", "n_layers", self.n_layers, 1, 1024)
         check_int("model", "hidden", self.hidden, 1)
         check_int("model", "d_model", self.d_model, 1)
@@ -45,7 +47,7 @@ class LSTM(nn.Module):
         )
         # The LSTM's gates are not "units" in the ReDo/CBP sense; this GELU layer is.
         self.fc = nn.Linear(cfg.hidden, cfg.hidden)
-        self.act = nn.GELU()
+        self.act = activation(cfg.activation)
         self.head = nn.Linear(cfg.hidden, vocab_size)
         self.init_std = 1.0 / math.sqrt(cfg.hidden)
         for layer in (self.fc, self.head):

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from plasticity.models.registry import register
-from plasticity.models.units import UnitLayer
+from plasticity.models.units import UnitLayer, activation, check_activation, layer_norm
 from streams.checks import check_int
 
 INPUTS = ("onehot", "embed")
@@ -28,8 +28,13 @@ class MLPConfig:
     depth: int = 2  # hidden layers
     input: str = "onehot"  # how the MLP sees the prefix: one-hot per position, or an embedding per position
     d_model: int = 64  # the embedding width with input="embed"
+    activation: str = "gelu"  # gelu | relu | tanh
+    layer_norm: bool = False  # a LayerNorm on every hidden layer's pre-activation
 
     def __post_init__(self) -> None:
+        check_activation(self.activation)
+        if not isinstance(self.layer_norm, bool):
+            raise ValueError(f"model.layer_norm={self.layer_norm!r}: must be true or false")
         check_int("model", "hidden", self.hidden, 1)
         check_int("model", "depth", self.depth, 1, 1024)
         check_int("model", "d_model", self.d_model, 1)
@@ -51,7 +56,8 @@ class PrefixMLP(nn.Module):
         per_position = vocab_size if self.embed is None else cfg.d_model
         widths = [max_seq_len * per_position] + [cfg.hidden] * cfg.depth
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
-        self.acts = nn.ModuleList(nn.GELU() for _ in range(cfg.depth))
+        self.acts = nn.ModuleList(activation(cfg.activation) for _ in range(cfg.depth))
+        self.norms = nn.ModuleList(layer_norm(cfg.hidden, cfg.layer_norm) for _ in range(cfg.depth))
         self.head = nn.Linear(cfg.hidden, vocab_size)
 
         # Only t+1 of the max_seq_len positions are ever non-zero, so the first layer's fan-in is the number
@@ -80,9 +86,9 @@ class PrefixMLP(nn.Module):
         return contrib.cumsum(dim=1) + first.bias
 
     def features(self, tokens: torch.Tensor) -> torch.Tensor:
-        x = self.acts[0](self.input_preactivation(tokens))
-        for layer, act in zip(self.layers[1:], self.acts[1:]):
-            x = act(layer(x))
+        x = self.acts[0](self.norms[0](self.input_preactivation(tokens)))
+        for layer, norm, act in zip(self.layers[1:], self.norms[1:], self.acts[1:]):
+            x = act(norm(layer(x)))
         return x
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """A small causal transformer in the style of nanoGPT: pre-LayerNorm blocks, learned absolute positions
-(or rotary), a GELU MLP, a final LayerNorm and an untied output head."""
+(or rotary), a GELU MLP, a final LayerNorm and an untied output head. The activation and the LayerNorms
+are parameters (the loss-of-plasticity literature varies both)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from plasticity.models.registry import register
-from plasticity.models.units import UnitLayer
+from plasticity.models.units import UnitLayer, activation, check_activation, layer_norm
 from streams.checks import check_int
 
 MAX_LAYERS = 1024
@@ -41,8 +42,13 @@ class TransformerConfig:
     d_ff: int = 256
     dropout: float = 0.0
     rotary: bool = False  # rotary positions instead of learned absolute ones
+    activation: str = "gelu"  # of the MLP's hidden units: gelu | relu | tanh
+    layer_norm: bool = True  # false: no LayerNorm anywhere (the blocks' and the final one)
 
     def __post_init__(self) -> None:
+        check_activation(self.activation)
+        if not isinstance(self.layer_norm, bool):
+            raise ValueError(f"model.layer_norm={self.layer_norm!r}: must be true or false")
         check_int("model", "n_layers", self.n_layers, 1, MAX_LAYERS)
         for key in ("d_model", "n_heads", "d_ff"):
             check_int("model", key, getattr(self, key), 1)
@@ -86,7 +92,7 @@ class MLP(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.fc = nn.Linear(cfg.d_model, cfg.d_ff)
-        self.act = nn.GELU()
+        self.act = activation(cfg.activation)
         self.proj = nn.Linear(cfg.d_ff, cfg.d_model)
         self.dropout = nn.Dropout(cfg.dropout)
 
@@ -97,9 +103,9 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: TransformerConfig, max_seq_len: int):
         super().__init__()
-        self.ln1 = nn.LayerNorm(cfg.d_model)
+        self.ln1 = layer_norm(cfg.d_model, cfg.layer_norm)
         self.attn = CausalSelfAttention(cfg, max_seq_len)
-        self.ln2 = nn.LayerNorm(cfg.d_model)
+        self.ln2 = layer_norm(cfg.d_model, cfg.layer_norm)
         self.mlp = MLP(cfg)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -121,7 +127,7 @@ class Transformer(nn.Module):
         self.pos_emb = None if cfg.rotary else nn.Embedding(max_seq_len, cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, max_seq_len) for _ in range(cfg.n_layers))
-        self.ln_f = nn.LayerNorm(cfg.d_model)
+        self.ln_f = layer_norm(cfg.d_model, cfg.layer_norm)
         self.head = nn.Linear(cfg.d_model, vocab_size, bias=False)
 
         self.apply(self._init_weights)

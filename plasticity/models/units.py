@@ -8,6 +8,23 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+def check_activation(name) -> None:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"model.activation={name!r}: must be one of {', '.join(ACTIVATIONS)}")
+
+
+def activation(name: str) -> nn.Module:
+    """The hidden units' nonlinearity (the models' `activation` parameter)."""
+    return ACTIVATIONS[name]()
+
+
+def layer_norm(width: int, enabled: bool) -> nn.Module:
+    """A LayerNorm, or the identity where a model's `layer_norm` parameter turns normalization off."""
+    return nn.LayerNorm(width) if enabled else nn.Identity()
+
 
 @dataclass(eq=False)
 class UnitLayer:

@@ -34,6 +34,7 @@ from plasticity.results.figures import (
     shade_phase,
 )
 from plasticity.results.runs import load
+from plasticity.results.step_plots import kl_every_step_figure, unit_records
 from streams.checks import is_number
 
 PROBES = (  # key, panel title, y label
@@ -309,8 +310,11 @@ def make_plots(run_dir: Path | str) -> list[Path]:
     if not rows:
         return []
     out, names = run_dir / "plots", phase_names(rows, summary)
+    ends = phase_ends(rows)
+    starts = [0, *(ends[i] for i in sorted(ends)[:-1])]
     figures = {
         "kl_curves.png": kl_figure(rows, summary),
+        "kl_every_step.png": kl_every_step_figure(unit_records(run_dir), starts, names),
         "r_matrix.png": r_matrices_figure(summary, rows),
         "calibration.png": calibration_figure(final_rows(rows), names),
         "probes.png": probes_figure(rows, summary),

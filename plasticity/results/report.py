@@ -13,6 +13,8 @@ of freedom; blank for n = 1); report.csv also has the sample standard deviation:
     forgetting_bits  mean over j < last of R[last][j] − min_{i>=j} R[i][j]
     auc_kl_bits      mean over the phases after pretraining of the time-averaged KL while training on it
     plasticity_gap_bits  mean over phases of R[i][i] − fresh learner's R[i][i] (runs with fresh=true)
+    regret_bits_per_token  the prequential KL over the phases after pretraining (every batch's prediction
+                     before its update, per scored token; runs with eval.prequential=true)
 
 Failed trials come from each sweep's sweep_index.json; runs without summary.json are listed as incomplete;
 arms that diverged (NaN/Inf, `diverged` in the summary) are listed with their message and add no values.
@@ -35,8 +37,9 @@ from plasticity.results.runs import Run, config_setting, failed_trials, find, fl
 from plasticity.results.stats import mean_ci
 from streams.checks import is_number
 
-METRICS = ("final_kl_bits", "bwt_bits", "forgetting_bits", "auc_kl_bits", "plasticity_gap_bits")
-ALWAYS = METRICS[:4]  # plasticity_gap_bits only when some run has it
+METRICS = ("final_kl_bits", "bwt_bits", "forgetting_bits", "auc_kl_bits", "plasticity_gap_bits",
+           "regret_bits_per_token")
+ALWAYS = METRICS[:4]  # plasticity_gap_bits and the regret only when some run has them
 SKIP_ARMS = (FRESH_ARM,)  # the fresh-learner yardstick has no R matrix of its own
 
 
@@ -74,6 +77,7 @@ def arm_metrics(res: dict) -> dict[str, float | None]:
         "forgetting_bits": _mean(forgetting[:last]) if last > 0 else None,
         "auc_kl_bits": _mean(auc[1:] if len(auc) > 1 else auc),
         "plasticity_gap_bits": _mean(res.get("plasticity_gap_bits") or []),
+        "regret_bits_per_token": res.get("regret_bits_per_token_online"),
     }
 
 

@@ -23,6 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 from omegaconf.nodes import BooleanNode
 
 from plasticity import models
+from plasticity.eval.evaluator import eval_selection
 from plasticity.run.schema import (
     CHOICES,
     MAX_SEED,
@@ -264,6 +265,10 @@ def check(cfg: DictConfig) -> None:
     if workers != "auto" and not (_is_int(workers) and 1 <= workers <= 1024):
         raise ConfigError(f"trainer.workers={workers!r}: must be auto or an integer in [1, 1024]")
     seed_list(cfg)  # checks `seeds`
+    try:
+        eval_selection(cfg.eval.phases, 1)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     try:
         cfg.model = models.normalize(to_container(cfg.model))
     except ValueError as e:

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from plasticity.eval.continual import add_fresh
-from plasticity.eval.rows import FRESH_ARM, PRETRAIN_ARM
+from plasticity.eval.rows import FRESH_ARM, PRETRAIN_ARM, PRETRAIN_UNIT
 from plasticity.models import count_parameters
 from plasticity.run import distributed
 from plasticity.run.build import BuiltRun
@@ -33,7 +33,7 @@ from plasticity.run.pool import Job, Pool, RunJobs, UnitFailed
 from plasticity.run.progress import RunProgress
 from plasticity.run.rundir import RunDir
 from plasticity.run.sinks import RunSink, Sinks
-from plasticity.run.work_units import PRETRAIN_UNIT, UnitEvents, UnitRunner, plan_units, unit_of_row, unit_steps
+from plasticity.run.work_units import UnitEvents, UnitRunner, plan_units, unit_of_row, unit_steps
 from plasticity.train.checkpointing import load_checkpoint
 from plasticity.train.stopping import DivergenceError, Preempted, StopFlag
 
@@ -62,6 +62,9 @@ class _Events(UnitEvents):
 
     def phase_end(self, arm: str, phase: int, R_rows: dict[int, list[float]]) -> None:
         self.sinks.call("on_phase_end", arm, phase, R_rows)
+
+    def steps(self, arm: str, records: list[dict]) -> None:
+        self.sinks.call("on_steps", arm, records)
 
     def evaluated(self, unit: str, step: int, kl_bits: float) -> None:
         self.progress.on_eval(self.label + unit, step, kl_bits)
@@ -125,7 +128,8 @@ class Experiment:
         if fresh:
             kl = {int(name.split("@")[1]): r["kl_bits"] for name, r in fresh.items()}
             diverged = {name.split("@")[1]: r["diverged"] for name, r in fresh.items() if r.get("diverged")}
-            add_fresh(arms, kl, len(phases), diverged)
+            steps = {i: f for r in fresh.values() for i, f in (r.get("steps") or {}).items()}
+            add_fresh(arms, kl, len(phases), diverged, steps)
         timing = {k: sum(r["timing"][k] for r in results.values()) for k in ("train_seconds", "eval_seconds",
                                                                             "train_tokens")}
         compute = timing["train_seconds"] + timing["eval_seconds"]

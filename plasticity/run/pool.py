@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import wait
 from pathlib import Path
 
+from plasticity.eval.rows import PRETRAIN_UNIT
 from plasticity.run.work_units import UnitEvents, WorkUnit
 
 POLL_SECONDS = 0.5
@@ -131,7 +132,7 @@ class Pool:
     def _next(pending: list[Job], outcome: dict) -> Job | None:
         """The longest ready job (an arm waits for its run's pretraining to be done)."""
         for i, job in enumerate(pending):
-            if not job.unit.needs_pretrained or outcome.get((job.run, "pretrained")) == "done":
+            if not job.unit.needs_pretrained or outcome.get((job.run, PRETRAIN_UNIT)) == "done":
                 return pending.pop(i)
         return None
 
@@ -144,7 +145,7 @@ class Pool:
             outcome[(run, name)] = how
             busy.pop(worker, None)
         else:
-            getattr(events, kind)(*rest)  # rows, phase_end, evaluated, advanced
+            getattr(events, kind)(*rest)  # rows, phase_end, steps, evaluated, advanced
 
 
 def _readable(conn) -> bool:
@@ -173,6 +174,9 @@ class _PipeEvents(UnitEvents):
 
     def phase_end(self, arm, phase, R_rows):
         self._send("phase_end", arm, phase, R_rows)
+
+    def steps(self, arm, records):
+        self._send("steps", arm, records)
 
     def evaluated(self, unit, step, kl_bits):
         self._send("evaluated", unit, step, kl_bits)

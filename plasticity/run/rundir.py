@@ -32,6 +32,7 @@ class RunDir:
         self.path = Path(path)
         self.read_only = read_only
         self.checkpoints = self.path / "checkpoints"
+        self.steps = self.path / "steps"  # per-step records of every unit (plasticity.run.steplog)
         self.metrics_path = self.path / "metrics.jsonl"
         self.summary_path = self.path / "summary.json"
         self.config_path = self.path / "config.yaml"

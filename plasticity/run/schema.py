@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from plasticity.train.loss import LOSSES
-from plasticity.train.optim import OptimConfig
+from plasticity.train.optim import OPTIMIZERS, OptimConfig
 from streams.stream import StreamSpec
 
 
@@ -33,11 +33,24 @@ class TrainerConfig:
 @dataclass
 class EvalConfig:
     every: int = 100  # evaluate every N training steps (and at every phase end)
+    # The banks evaluated while a phase trains, besides its own: all | current | recent:K | every:K (the stream's
+    # end evaluates every bank). Long streams keep evaluations flat with current or recent:K.
+    phases: str = "all"
     size: int | None = None  # overrides stream.eval_size
     batch_size: int = 256
     probes: bool = True
     tau: float = 0.1  # ReDo's dormancy threshold
     threshold_bits: float = 0.05  # for steps_to_threshold
+    # Every step: the KL of each training batch's prediction, before its update (steps/<unit>.csv), and per
+    # phase the regret, the shift cost and the adaptation time derived from it (plasticity.eval.prequential).
+    prequential: bool = True
+    steady_fraction: float = 0.1  # a phase's steady level: the mean KL over this last share of its steps
+    shift_steps: int = 50  # the shift cost: excess bits over the steady level in a phase's first N steps
+    adapt_window: int = 10  # adaptation time: a running mean of the per-step KL over this many steps ...
+    adapt_factor: float = 1.5  # ... first at or below adapt_factor x the steady level ...
+    adapt_tolerance_bits: float = 0.001  # ... plus this many bits
+    retention_every: int = 0  # > 0: every N steps, a slice of every past phase's bank (steps/<unit>.retention.csv)
+    retention_size: int = 32  # sequences per past phase and retention step
 
 
 @dataclass
@@ -57,6 +70,7 @@ class WandbConfig:
     entity: str | None = None
     group: str | None = None
     tags: list[str] = field(default_factory=list)
+    max_step_points: int = 2000  # per-step figures reach wandb as means over blocks: at most this many per arm
 
 
 @dataclass
@@ -80,6 +94,7 @@ class ExperimentConfig:
     # shared by every arm; the arms fork from the pretrained weights for the later phases.
     arms: dict[str, Any] = field(default_factory=dict)
     fresh: bool = False  # also train a fresh learner on each phase alone (the plasticity yardstick)
+    fresh_every: int = 1  # ... on phases 1, 1 + K, 1 + 2K, ... only (long streams)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -94,6 +109,7 @@ CHOICES = {
     "optim.schedule": ("cosine", "constant"),
     "trainer.accelerator": ("auto", "cpu", "cuda"),
     "trainer.strategy": ("auto", "ddp"),
+    "optim.optimizer": OPTIMIZERS,
 }
 OPTIONAL_CHOICES = {"logger.wandb.mode": ("online", "offline", "disabled")}
 MAX_SEED = 2**31 - 1  # arms and fresh learners derive their seeds from it; Lightning takes uint32
@@ -108,13 +124,23 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "optim.min_lr_ratio": (0, 1, "in [0, 1]"),
     "optim.beta1": (0, 1, "in [0, 1)"),
     "optim.beta2": (0, 1, "in [0, 1)"),
+    "optim.momentum": (0, 1, "in [0, 1)"),
     "eval.every": (1, math.inf, "> 0"),
+    "fresh_every": (1, math.inf, ">= 1"),
     "eval.batch_size": (1, math.inf, "> 0"),
     "eval.tau": (0, math.inf, ">= 0"),
     "eval.threshold_bits": (0, math.inf, ">= 0"),
+    "eval.steady_fraction": (0, 1, "in (0, 1]"),
+    "eval.shift_steps": (1, math.inf, ">= 1"),
+    "eval.adapt_window": (1, math.inf, ">= 1"),
+    "eval.adapt_factor": (1, math.inf, ">= 1"),
+    "eval.adapt_tolerance_bits": (0, math.inf, ">= 0"),
+    "eval.retention_every": (0, math.inf, ">= 0"),
+    "eval.retention_size": (1, math.inf, ">= 1"),
+    "logger.wandb.max_step_points": (1, math.inf, ">= 1"),
     "run.checkpoint_every": (0, math.inf, ">= 0"),
     "trainer.threads": (0, 1024, "an integer in [0, 1024]"),
     "trainer.devices": (1, 1024, "an integer in [1, 1024]"),
 }
-OPEN_BELOW = ("optim.lr", "optim.online_lr", "optim.grad_clip")
-OPEN_ABOVE = ("optim.beta1", "optim.beta2")
+OPEN_BELOW = ("optim.lr", "optim.online_lr", "optim.grad_clip", "eval.steady_fraction")
+OPEN_ABOVE = ("optim.beta1", "optim.beta2", "optim.momentum")

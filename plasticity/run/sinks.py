@@ -18,6 +18,10 @@ class RunSink:
     def on_phase_end(self, arm: str, phase: int, R_rows: dict[int, list[float]]) -> None:
         """An arm finished a phase; R_rows holds the R matrix rows recorded so far."""
 
+    def on_steps(self, arm: str, records: list[dict]) -> None:
+        """Per-step records just appended to steps/<unit>.csv (step, phase, n_scored, kl_bits, nll_bits,
+        bayes_nll_bits: the prequential figures of each training batch, before its update)."""
+
     def on_summary(self, summary: dict) -> None:
         pass
 

@@ -11,6 +11,7 @@ continues the interrupted ones from their checkpoints.
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 import zlib
@@ -22,12 +23,14 @@ import torch
 from torch import nn
 
 from plasticity.eval.continual import arm_summary
-from plasticity.eval.evaluator import Evaluator, eval_schedule
-from plasticity.eval.rows import FRESH_ARM, PRETRAIN_ARM
+from plasticity.eval.evaluator import Evaluator, eval_schedule, eval_selection
+from plasticity.eval.prequential import Prequential, phase_figures, record_frozen
+from plasticity.eval.rows import FRESH_ARM, PRETRAIN_ARM, PRETRAIN_UNIT
 from plasticity.files import atomic_torch_save
 from plasticity.run import distributed
 from plasticity.run.build import BuiltRun
 from plasticity.run.rundir import RunDir
+from plasticity.run.steplog import Blocks, RetentionLog, StepLog, read_steps
 from plasticity.strategies import ArmLoop, Strategy
 from plasticity.train.checkpointing import Checkpointer, load_checkpoint
 from plasticity.train.data import stream_loader
@@ -35,7 +38,6 @@ from plasticity.train.lightning_module import WindTunnelModule
 from plasticity.train.stopping import DivergenceError, StopFlag
 from plasticity.train.trainer import make_trainer
 
-PRETRAIN_UNIT = "pretrained"  # checkpoints/pretrained.pt: the shared phase-0 weights
 _LIGHTNING_NOISE = (".*does not have many workers.*", ".*IterableDataset.*__len__.*", ".*LeafSpec.*")
 
 
@@ -59,8 +61,9 @@ def plan_units(built: BuiltRun) -> list[WorkUnit]:
     phases = built.stream.phases
     if len(phases) > 1:
         units += [WorkUnit("arm", arm, arm) for arm in built.strategies]
-        if built.cfg.fresh:
-            units += [WorkUnit("fresh", f"{FRESH_ARM}@{i}", FRESH_ARM, i) for i in range(1, len(phases))]
+        if built.cfg.fresh:  # on phases 1, 1 + fresh_every, 1 + 2 fresh_every, ...
+            units += [WorkUnit("fresh", f"{FRESH_ARM}@{i}", FRESH_ARM, i)
+                      for i in range(1, len(phases), built.cfg.fresh_every)]
     return units
 
 
@@ -90,6 +93,9 @@ class UnitEvents:
 
     def phase_end(self, arm: str, phase: int, R_rows: dict[int, list[float]]) -> None:
         pass
+
+    def steps(self, arm: str, records: list[dict]) -> None:
+        """Per-step records just appended to the unit's steps CSV."""
 
     def evaluated(self, unit: str, step: int, kl_bits: float) -> None:
         pass
@@ -144,7 +150,7 @@ class UnitRunner:
             unit.arm, self.stream, self.banks, eval_schedule(self.cfg.eval.every, start, end, phase_ends),
             self.cfg.eval.batch_size, self.cfg.eval.probes, self.cfg.eval.tau, reference, reference_name,
             self._write_rows, lambda arm, step, kl: self.events.evaluated(unit.name, step, kl),
-            self.events.phase_end,
+            self.events.phase_end, eval_selection(self.cfg.eval.phases, len(self.stream.phases)), end,
         )
 
     def _write_rows(self, rows: list[dict]) -> None:
@@ -153,6 +159,31 @@ class UnitRunner:
 
     def _ckpt(self, unit: str) -> Path:
         return self.rundir.checkpoints / f"{unit}-last.pt"
+
+    def _logs(self, unit: WorkUnit) -> tuple[StepLog, RetentionLog]:
+        """The unit's per-step records (written by rank 0 only; under DDP every rank computes them), reported
+        to the sinks as means over blocks (at most logger.wandb.max_step_points over the stream)."""
+        on = self.cfg.eval.prequential and not self.rundir.read_only
+        self._blocks = Blocks(math.ceil(self.stream.total_steps / self.cfg.logger.wandb.max_step_points))
+        steps = StepLog(self.rundir.steps / f"{unit.name}.csv", on,
+                        lambda recs: self.events.steps(unit.arm, self._blocks.add(recs)))
+        retention = RetentionLog(self.rundir.steps / f"{unit.name}.retention.csv",
+                                 on and self.cfg.eval.retention_every > 0)
+        return steps, retention
+
+    def _close_logs(self, unit: WorkUnit, *logs) -> None:
+        for log in logs:
+            log.flush()
+        if rest := self._blocks.rest():
+            self.events.steps(unit.arm, rest)
+
+    def _step_figures(self, unit: WorkUnit) -> dict[int, dict]:
+        """Per phase, the regret, steady level, shift cost and adaptation time from the unit's records."""
+        e = self.cfg.eval
+        if not e.prequential or self.rundir.read_only:
+            return {}
+        return phase_figures(read_steps(self.rundir.steps / f"{unit.name}.csv"), self.stream.phases, e.adapt_window,
+                             e.adapt_factor, e.adapt_tolerance_bits, e.steady_fraction, e.shift_steps)
 
     def _fit(self, unit: WorkUnit, model: nn.Module, start: int, end: int, evaluator: Evaluator, lr: float,
              schedule: str, warmup: int, strategy: Strategy | None = None, init_state: dict | None = None
@@ -175,11 +206,18 @@ class UnitRunner:
             module.start_step = state["stream_step"]
         first = module.start_step
         self.events.advanced(unit.name, first - start)
+        steps, retention = self._logs(unit)
+        for log in (steps, retention):
+            log.truncate(first)  # lines past the checkpoint are written again
         callbacks: list = [evaluator, StepCounter(self.events, unit.name)]
+        if self.cfg.eval.prequential:
+            e = self.cfg.eval
+            callbacks.insert(0, Prequential(self.stream, lambda *r: steps.add(r), self.banks, e.retention_every,
+                                            e.retention_size, lambda *r: retention.add(r)))
         if strategy is not None:
             callbacks.append(strategy)
         callbacks.append(Checkpointer(ckpt, self.cfg.run.checkpoint_every, end, evaluator, strategy, self.stop,
-                                      write=not self.rundir.read_only))
+                                      write=not self.rundir.read_only, before_save=[steps.flush, retention.flush]))
         t0, eval0 = time.perf_counter(), evaluator.seconds
         diverged = None
         if first < end:
@@ -193,6 +231,8 @@ class UnitRunner:
                     trainer.fit(module, stream_loader(self.stream, first, end, self.rank, self.world))
                 except DivergenceError as e:
                     diverged = str(e)
+                finally:
+                    self._close_logs(unit, steps, retention)
         self._count(time.perf_counter() - t0, evaluator.seconds - eval0, end - first)
         return diverged
 
@@ -208,9 +248,10 @@ class UnitRunner:
             self._ckpt(unit.name).unlink(missing_ok=True)
         return payload
 
-    def _summary(self, strategy: str, evaluator: Evaluator, diverged: str | None = None) -> dict:
+    def _summary(self, strategy: str, evaluator: Evaluator, diverged: str | None = None,
+                 steps: dict[int, dict] | None = None) -> dict:
         return arm_summary(strategy, evaluator.R, evaluator.curves, self.stream.phases,
-                           self.cfg.eval.threshold_bits, diverged)
+                           self.cfg.eval.threshold_bits, diverged, steps)
 
     # ------------------------------------------------------------------ the three kinds of unit
     def _pretrain(self, unit: WorkUnit) -> dict:
@@ -225,9 +266,11 @@ class UnitRunner:
                              cfg.optim.warmup_steps)
         if diverged:
             raise DivergenceError(f"pretraining diverged: {diverged}")
-        payload = {"model": model.state_dict(), "init": init_state, "evaluator": evaluator.state_dict()}
+        figures = self._step_figures(unit)
+        payload = {"model": model.state_dict(), "init": init_state, "evaluator": evaluator.state_dict(),
+                   "steps": figures}
         if len(self.stream.phases) == 1:  # a single-phase run: the pretraining is the only arm
-            payload["result"] = self._summary("pretrain", evaluator)
+            payload["result"] = self._summary("pretrain", evaluator, steps=figures)
         return self._finish(unit, payload)
 
     def pretrained(self) -> dict:
@@ -254,14 +297,20 @@ class UnitRunner:
             rows = evaluator.evaluate(model, start, record=False)
             for step in sorted(evaluator.eval_steps):
                 evaluator.replay(rows, step)
+            if self.cfg.eval.prequential:  # its predictions on the stream it does not train on
+                steps, _ = self._logs(unit)
+                steps.truncate(start)
+                record_frozen(model, self.stream, start, end, lambda *r: steps.add(r), self.built.device)
+                self._close_logs(unit, steps)
             self.timing["eval_seconds"] += time.perf_counter() - t0
         elif strategy.external_loop:  # e.g. an Avalanche strategy: its own training loop, our evaluator
             diverged = self._external(unit, strategy, model, evaluator, start, end)
         else:
             diverged = self._fit(unit, model, start, end, evaluator, cfg.optim.online_lr, "constant", 0, strategy,
                                  pre["init"])
-        return self._finish(unit, {"model": model.state_dict(), "result": self._summary(strategy.name, evaluator,
-                                                                                          diverged)})
+        figures = {**pre.get("steps", {}), **self._step_figures(unit)}  # phase 0: the shared pretraining's
+        result = self._summary(strategy.name, evaluator, diverged, figures)
+        return self._finish(unit, {"model": model.state_dict(), "result": result})
 
     def _external(self, unit: WorkUnit, strategy: Strategy, model: nn.Module, evaluator: Evaluator,
                   start: int, end: int) -> str | None:
@@ -288,8 +337,9 @@ class UnitRunner:
         evaluator.banks, evaluator.curves = {i: self.banks[i]}, {i: []}
         diverged = self._fit(unit, model, p.start, p.end, evaluator, cfg.optim.lr, cfg.optim.schedule,
                              cfg.optim.warmup_steps)
-        kl = evaluator.R.get(i, [float("nan")])[0]  # NaN (null in summary.json) when it diverged
-        return self._finish(unit, {"model": model.state_dict(), "kl_bits": kl, "diverged": diverged})
+        kl = evaluator.R[i][i] if i in evaluator.R else float("nan")  # NaN (null in summary.json): it diverged
+        return self._finish(unit, {"model": model.state_dict(), "kl_bits": kl, "diverged": diverged,
+                                   "steps": self._step_figures(unit)})
 
 
 def _state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -166,6 +166,19 @@ class WandbSink(RunSink):
                 run.log(data)
 
     @_guarded
+    def on_steps(self, arm: str, records: list[dict]) -> None:
+        """The prequential figures, as the run sends them: means over blocks of steps (at most
+        logger.wandb.max_step_points per arm), each at the block's last stream step."""
+        for r in records:
+            data = {STEP: r["step"], "prequential/kl_bits": r["kl_bits"], "prequential/nll_bits": r["nll_bits"],
+                    "prequential/bayes_nll_bits": r["bayes_nll_bits"]}
+            if arm == PRETRAIN:
+                self._pretrain_logs.append(data)
+            run = self._run(arm)
+            if run is not None:
+                run.log(data)
+
+    @_guarded
     def on_phase_end(self, arm: str, phase: int, R_rows: dict[int, list[float]]) -> None:
         from plasticity.results.plots import calibration_figure, r_matrix_figure  # late: matplotlib
 

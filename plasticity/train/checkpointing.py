@@ -59,9 +59,11 @@ class Checkpointer(pl.Callback):
     Registered last, so the state it saves includes this step's evaluation and strategy updates. Under DDP
     the stop request is reduced over the processes (all stop at the same step) and only rank 0 writes."""
 
-    def __init__(self, path: Path, every: int, end: int, evaluator, strategy, stop: StopFlag, write: bool = True):
+    def __init__(self, path: Path, every: int, end: int, evaluator, strategy, stop: StopFlag, write: bool = True,
+                 before_save: list | None = None):
         self.path, self.every, self.end = path, every, end
         self.evaluator, self.strategy, self.stop, self.write = evaluator, strategy, stop, write
+        self.before_save = list(before_save or [])  # e.g. flushing the per-step records up to this step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = pl_module.stream_step
@@ -74,6 +76,8 @@ class Checkpointer(pl.Callback):
                             f"checkpoint written to {self.path}")
 
     def save(self, trainer, module) -> None:
+        for flush in self.before_save:
+            flush()
         scheduler = trainer.lr_scheduler_configs[0].scheduler if trainer.lr_scheduler_configs else None
         atomic_torch_save(
             {

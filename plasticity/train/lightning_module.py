@@ -50,6 +50,9 @@ class WindTunnelModule(pl.LightningModule):
         self.warmup_steps = optim.warmup_steps if warmup_steps is None else warmup_steps
         self.strategy = strategy
         self.current_phase: int | None = None
+        # The step's own stream batch and the model's logits on it, before the update: the prediction that
+        # the prequential figures score (plasticity.eval.prequential). None until the first step.
+        self.prediction: tuple[Batch, torch.Tensor] | None = None
         self.last_finite_loss: float | None = None
         self.last_grad_norm: float = 0.0
         self._params: list[nn.Parameter] | None = None
@@ -118,9 +121,11 @@ class WindTunnelModule(pl.LightningModule):
     def compute_loss(self, batch: Batch) -> torch.Tensor:
         """The training loss of a batch (with the strategy's batch transform and penalty), or
         DivergenceError when the loss or any logit is not finite."""
+        stream_batch = batch
         if self.strategy is not None:
             batch = self.strategy.transform_batch(self, batch)
         logits = self.model(batch.tokens)
+        self.prediction = (stream_batch, self._stream_logits(stream_batch, batch, logits))
         loss = sequence_loss(logits, batch, self.loss_kind)
         if self.strategy is not None:
             extra = self.strategy.penalty(self, batch, logits)
@@ -134,6 +139,15 @@ class WindTunnelModule(pl.LightningModule):
             raise divergence(value, local, self.stream_step, self.current_phase, self.last_finite_loss)
         self.last_finite_loss = value
         return loss
+
+    def _stream_logits(self, stream_batch: Batch, batch: Batch, logits: torch.Tensor) -> torch.Tensor:
+        """The logits of the stream's own sequences: the first rows of the trained batch when a transform
+        appended to it (replay), else a forward pass of their own (no gradient)."""
+        B = len(stream_batch)
+        if batch is stream_batch or (len(batch) >= B and torch.equal(batch.tokens[:B], stream_batch.tokens)):
+            return logits[:B].detach()
+        with torch.no_grad():
+            return self.model(stream_batch.tokens)
 
     def on_before_optimizer_step(self, optimizer) -> None:
         # Clipping here (not by the Trainer) yields the pre-clip norm for free: the gradient-norm probe

@@ -22,16 +22,23 @@ class OptimConfig:
     grad_clip: float = 1.0
     online_lr: float = 3e-4  # constant learning rate of online arms after pretraining
     fused: bool = False  # AdamW's fused kernel (benchmarks/bench_parallel.py measured it on CPU; see docs)
+    optimizer: str = "adamw"  # adamw | sgd (plain SGD, the loss-of-plasticity papers' other optimizer)
+    momentum: float = 0.0  # SGD's momentum
+
+
+OPTIMIZERS = ("adamw", "sgd")
 
 
 def build_optimizer(model: nn.Module, optim: OptimConfig, lr: float) -> torch.optim.Optimizer:
-    """AdamW; weight decay on matrices only (embeddings and linear weights), not on biases and gains."""
+    """AdamW (decoupled weight decay) or SGD (L2 weight decay, optional momentum); weight decay on
+    matrices only (embeddings and linear weights), not on biases and gains."""
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if optim.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=optim.momentum)
     return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=lr,
-        betas=(optim.beta1, optim.beta2),
+        groups, lr=lr, betas=(optim.beta1, optim.beta2),
         **({"fused": True} if optim.fused else {}),  # the default path otherwise, as runs have always used
     )
 

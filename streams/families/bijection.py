@@ -21,6 +21,7 @@ import torch
 
 from streams.base import Batch, Family, random_permutations, register
 from streams.checks import check_int
+from streams.pool import mixture
 
 
 @register
@@ -55,8 +56,22 @@ class Bijection(Family):
         return 2 * self.pairs
 
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
-        B, K, P = batch_size, self.n_keys, self.pairs
-        perm = random_permutations(B, K, generator)  # perm[b, k]: value index bound to key k
+        return self.sample_tasks(self.draw_tasks(batch_size, generator), generator)
+
+    # --- finite task pools (streams.pool): a task is the bijection
+    def draw_tasks(self, n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        return {"perm": random_permutations(n, self.n_keys, generator)}  # perm[k, key]: its value index
+
+    def pool_posterior(self, tasks: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
+        """The value of a key: its value under each task that agrees with every pair shown, equally weighted
+        (the keys' order says nothing of the task)."""
+        K = self.n_keys
+        return point_mass_pool(tasks["perm"], batch.tokens[:, 0::2], batch.tokens[:, 1::2] - K, K, 2 * K,
+                               value_offset=K, key_positions=slice(0, None, 2))
+
+    def sample_tasks(self, tasks: dict[str, torch.Tensor], generator: torch.Generator) -> Batch:
+        perm = tasks["perm"]  # perm[b, k]: value index bound to key k
+        (B, K), P = perm.shape, self.pairs
         if self.with_replacement:
             keys = torch.randint(0, K, (B, P), generator=generator)
         else:
@@ -77,6 +92,32 @@ class Bijection(Family):
         scored = torch.zeros(B, 2 * P, dtype=torch.bool)
         scored[:, 0::2] = True
         return Batch(tokens, posterior, scored, {"perm": perm, "keys": keys})
+
+
+def point_mass_pool(table: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, n_values: int, vocab: int,
+                    value_offset: int, key_positions: slice | torch.Tensor, seq_len: int | None = None
+                    ) -> torch.Tensor:
+    """The pool posterior of a family whose task is a table key -> value (bijection, recall) and whose
+    sequences show (key, value) pairs: at key position i, the value under each task that agrees with the
+    pairs before i, weighted equally. `table [N, n_keys]`, `keys`/`values [B, P]` (value indices); the
+    posterior `[B, T, vocab]` has the value distribution at the key positions `key_positions` of T."""
+    B, P = keys.shape
+    N = table.shape[0]
+
+    def loglik(sl):  # at the value after key i: 0 if the task binds that key to it, else -inf
+        agree = table[sl][:, keys] == values  # [n, B, P]
+        out = torch.zeros(B, sl.stop - sl.start, P, dtype=torch.float64)
+        out[~agree.permute(1, 0, 2)] = -torch.inf
+        return torch.cat([torch.zeros_like(out[:, :, :1]), out[:, :, :-1]], dim=2)  # known after the pair
+
+    def predictive(w, sl):  # w [B, n, P]: scatter each task's weight onto its value of key i
+        mass = torch.zeros(B, P, n_values, dtype=torch.float64)
+        mass.scatter_add_(2, table[sl][:, keys].permute(1, 2, 0), w.permute(0, 2, 1))
+        return mass
+
+    posterior = torch.zeros(B, seq_len or 2 * P, vocab, dtype=torch.float64)
+    posterior[:, key_positions, value_offset : value_offset + n_values] = mixture(N, loglik, predictive)
+    return posterior
 
 
 def seen_before(keys: torch.Tensor, n_keys: int) -> torch.Tensor:

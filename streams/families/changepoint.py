@@ -28,6 +28,7 @@ import torch
 
 from streams.base import Batch, Family, register, sample_categorical, sample_dirichlet
 from streams.checks import check_int, check_open_unit, check_positive_floats
+from streams.pool import mixture
 
 NAME = "changepoint"
 
@@ -108,12 +109,40 @@ class Changepoint(Family):
         return 1 + self.length
 
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
-        B, K, L = batch_size, self.n_symbols, self.length
-        candidates = sample_dirichlet(self._alpha, (B, L), generator)
-        change = torch.rand(B, L, generator=generator, dtype=torch.float64) < self.hazard
+        return self.sample_tasks(self.draw_tasks(batch_size, generator), generator)
+
+    # --- finite task pools (streams.pool): a task is a whole trajectory of θ (its change-points included)
+    def draw_tasks(self, n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        K, L = self.n_symbols, self.length
+        candidates = sample_dirichlet(self._alpha, (n, L), generator)
+        change = torch.rand(n, L, generator=generator, dtype=torch.float64) < self.hazard
         change[:, 0] = True
         segment = change.long().cumsum(1) - 1  # θ_t is the candidate drawn at the segment's start
-        theta = candidates.gather(1, segment[..., None].expand(B, L, K))
+        return {"theta": candidates.gather(1, segment[..., None].expand(n, L, K)), "change": change}
+
+    def pool_posterior(self, tasks: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
+        """Σ_k w_k θ_k(t+1), w_k ∝ Π_{s<=t} θ_k(s)[x_s]: a trajectory explains the symbols or it does not."""
+        theta = tasks["theta"]  # [N, L, K]
+        if theta.shape[1] != self.length:
+            raise ValueError(f"{NAME}: a pool's tasks are trajectories of {theta.shape[1]} symbols, not {self.length}")
+        x = batch.tokens[:, 1:] - 1
+        B, L = x.shape
+        log_theta = torch.log(theta)
+        steps = torch.arange(L)
+
+        def loglik(sl):
+            out = torch.zeros(B, sl.stop - sl.start, L + 1, dtype=torch.float64)
+            out[:, :, 1:] = log_theta[sl][:, steps[None, :], x].permute(1, 0, 2)
+            return out
+
+        posterior = torch.zeros(B, L + 1, self.vocab_size, dtype=torch.float64)
+        posterior[:, :L, 1:] = mixture(len(theta), loglik,
+                                       lambda w, sl: torch.einsum("bnt,ntk->btk", w[:, :, :L], theta[sl]))
+        return posterior
+
+    def sample_tasks(self, tasks: dict[str, torch.Tensor], generator: torch.Generator) -> Batch:
+        theta, change = tasks["theta"], tasks["change"]
+        (B, L, K) = theta.shape
         x = sample_categorical(theta, generator)
 
         tokens = torch.zeros(B, L + 1, dtype=torch.long)

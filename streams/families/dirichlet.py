@@ -18,6 +18,7 @@ import torch
 
 from streams.base import Batch, Family, register, sample_categorical, sample_dirichlet
 from streams.checks import check_int, check_positive_floats
+from streams.pool import mixture
 
 BOS = 0
 
@@ -51,9 +52,33 @@ class Dirichlet(Family):
         return self.length + 1
 
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
-        B, K, L = batch_size, self.n_symbols, self.length
+        return self.sample_tasks(self.draw_tasks(batch_size, generator), generator)
+
+    # --- finite task pools (streams.pool): a task is θ
+    def draw_tasks(self, n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        return {"theta": sample_dirichlet(self.alphas, (n,), generator)}  # [n, K] float64
+
+    def pool_posterior(self, tasks: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
+        """Σ_k w_k θ_k, w_k ∝ Π θ_k[x_s] over the symbols seen."""
+        theta = tasks["theta"]
+        x = batch.tokens[:, 1:] - 1  # [B, L]
+        B, L = x.shape
+        log_theta = torch.log(theta)
+
+        def loglik(sl):
+            out = torch.zeros(B, sl.stop - sl.start, L + 1, dtype=torch.float64)
+            out[:, :, 1:] = log_theta[sl][:, x].permute(1, 0, 2)
+            return out
+
+        posterior = torch.zeros(B, L + 1, self.vocab_size, dtype=torch.float64)
+        posterior[:, :L, 1:] = mixture(len(theta), loglik,
+                                       lambda w, sl: torch.einsum("bnt,nk->btk", w[:, :, :L], theta[sl]))
+        return posterior
+
+    def sample_tasks(self, tasks: dict[str, torch.Tensor], generator: torch.Generator) -> Batch:
+        theta = tasks["theta"]  # [B, K] float64
+        (B, K), L = theta.shape, self.length
         alpha = torch.tensor(self.alphas, dtype=torch.float64)
-        theta = sample_dirichlet(self.alphas, (B,), generator)  # [B, K] float64
         x = sample_categorical(theta[:, None, :].expand(B, L, K), generator)  # [B, L], 0..K-1
         tokens = torch.cat([torch.full((B, 1), BOS, dtype=torch.long), x + 1], dim=1)
 

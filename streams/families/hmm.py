@@ -210,10 +210,29 @@ class HMM(Family):
         return round_to_grid(t, self._units), round_to_grid(e, self._units)
 
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
-        B, S, K, L, m = batch_size, self.n_states, self.n_symbols, self.length, self._units
-        first = torch.randint(S, (B,), generator=generator)
+        first = torch.randint(self.n_states, (batch_size,), generator=generator)
+        return self._sequences(self.draw_tasks(batch_size, generator), first, generator)
+
+    # --- finite task pools (streams.pool): a task is the HMM (its grid units, shown in the header)
+    def draw_tasks(self, n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        if not self.header:  # one fixed HMM: every task is the same
+            return {"fixed": torch.zeros(n, dtype=torch.long)}
+        t_units, e_units = self._random_hmms(n, generator)
+        return {"t_units": t_units, "e_units": e_units}
+
+    def sample_tasks(self, tasks: dict[str, torch.Tensor], generator: torch.Generator) -> Batch:
+        n = len(next(iter(tasks.values())))
+        return self._sequences(tasks, torch.randint(self.n_states, (n,), generator=generator), generator)
+
+    def pool_posterior(self, tasks: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
+        """The family's own posterior: the header shows the sequence's HMM exactly (and a fixed HMM is every
+        task), so the pool cannot tell more than the filter that reads it."""
+        return batch.posterior
+
+    def _sequences(self, tasks: dict[str, torch.Tensor], first: torch.Tensor, generator: torch.Generator) -> Batch:
+        B, S, K, L, m = len(first), self.n_states, self.n_symbols, self.length, self._units
         if self.header:  # integer grid units: exact draws by table lookup
-            t_units, e_units = self._random_hmms(B, generator)
+            t_units, e_units = tasks["t_units"], tasks["e_units"]
             T = t_units.to(torch.float64) / m
             E = e_units.to(torch.float64) / m
             moves = grid_draw(t_units, torch.arange(S).expand(B, L - 1, S), m, generator)

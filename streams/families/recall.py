@@ -21,7 +21,7 @@ import torch
 
 from streams.base import Batch, Family, register
 from streams.checks import check_int
-from streams.families.bijection import seen_before
+from streams.families.bijection import point_mass_pool, seen_before
 
 QUERY = 0
 
@@ -53,8 +53,27 @@ class Recall(Family):
         return 2 * self.n_pairs + 1 + 2 * self.n_queries
 
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
-        B, K, NV, P, Q = batch_size, self.n_keys, self.n_values, self.n_pairs, self.n_queries
-        table = torch.randint(0, NV, (B, K), generator=generator)  # table[b, k]: value index of key k
+        return self.sample_tasks(self.draw_tasks(batch_size, generator), generator)
+
+    # --- finite task pools (streams.pool): a task is the key -> value map
+    def draw_tasks(self, n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        return {"table": torch.randint(0, self.n_values, (n, self.n_keys), generator=generator)}
+
+    def _key_positions(self) -> torch.Tensor:
+        P = self.n_pairs
+        return torch.cat([torch.arange(0, 2 * P, 2), torch.arange(2 * P + 1, self.seq_len, 2)])
+
+    def pool_posterior(self, tasks: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
+        """The value of a key (in a pair or a query): its value under each task that agrees with every
+        key and value shown before (answered queries included), weighted equally."""
+        at = self._key_positions()
+        keys, values = batch.tokens[:, at] - 1, batch.tokens[:, at + 1] - (1 + self.n_keys)
+        return point_mass_pool(tasks["table"], keys, values, self.n_values, self.vocab_size,
+                               value_offset=1 + self.n_keys, key_positions=at, seq_len=self.seq_len)
+
+    def sample_tasks(self, tasks: dict[str, torch.Tensor], generator: torch.Generator) -> Batch:
+        table = tasks["table"]  # table[b, k]: value index of key k
+        B, K, NV, P, Q = len(table), self.n_keys, self.n_values, self.n_pairs, self.n_queries
         keys = torch.randint(0, K, (B, P + Q), generator=generator)  # pair keys, then query keys
         values = table.gather(1, keys)
         T, V = self.seq_len, self.vocab_size

@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from plasticity.eval.continual import (
+    add_fresh,
     arm_summary,
     auc_kl,
     bwt_bits,
     forgetting_bits,
-    plasticity_gap_bits,
     steps_to_threshold,
 )
 
@@ -55,6 +55,12 @@ def test_auc_and_threshold():
     assert steps_to_threshold(steps, kls, -1.0, start=100) is None
 
 
-def test_plasticity_gap():
-    fresh = [[0.1, 9.0, 9.0], [9.0, 0.1, 9.0], [9.0, 9.0, 0.1]]
-    assert plasticity_gap_bits(R, fresh) == pytest.approx([0.0, 0.1, 0.05])
+def test_the_plasticity_gap_is_the_arms_kl_minus_the_fresh_learners_on_each_phase():
+    arms = {"naive": {"R_kl_bits": R}}
+    add_fresh(arms, {1: 0.1, 2: 0.1}, 3)  # fresh learners reach 0.1 on phases 1 and 2
+    assert arms["naive"]["plasticity_gap_bits"] == pytest.approx([None, 0.1, 0.05])
+    sparse = {"naive": {"R_kl_bits": R}}
+    add_fresh(sparse, {1: 0.1}, 3)  # fresh_every: no fresh learner on phase 2, no gap there
+    assert sparse["naive"]["plasticity_gap_bits"][2] is None and sparse["fresh"]["kl_bits_by_phase"] == {"1": 0.1}
+    with_none = [[0.1, None, 3.0], [0.05, 0.2, None], [0.4, 0.3, 0.15]]  # eval.phases left cells out
+    assert forgetting_bits(with_none) == pytest.approx([0.35, 0.10, 0.0])

@@ -104,3 +104,24 @@ def test_baselines_match_the_transformer_within_5_percent(name):
     model = build_model(spec, 20, 64)
     assert abs(count_parameters(model) - target) / target <= 0.05
     assert resolve(spec, 20, 64)[1].hidden > 0
+
+
+def test_long_streams_evaluate_the_current_phase_and_a_fresh_learner_every_k_phases(tmp_path):
+    stream = ('{batch_size: 16, eval_size: 32, phases: [{name: p, family: bijection, params: {n_keys: 3}, '
+              'relabel: true, repeat: 5, steps: 10}]}')
+    cfg = load_config("smoke", ["progress=false", "plots=false", f"stream={stream}", "arms=[naive]",
+                                "eval.every=5", "eval.phases=current", "fresh=true", "fresh_every=2"])
+    summary = run(cfg, tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    naive = [r for r in rows if r["arm"] == "naive"]
+    assert {(r["step"], r["eval_phase"]) for r in naive if r["step"] < 50} == \
+        {(s, (s - 1) // 10) for s in range(15, 50, 5)}  # only the phase being trained ...
+    assert {r["eval_phase"] for r in naive if r["step"] == 50} == set(range(5))  # ... and every bank at the end
+    R = summary["arms"]["naive"]["R_kl_bits"]
+    assert R[2][0] is None and R[2][2] is not None and None not in R[4]
+    assert summary["arms"]["naive"]["forgetting_bits"][0] == pytest.approx(R[4][0] - min(R[0][0], R[4][0]))
+    assert sorted(summary["arms"]["fresh"]["kl_bits_by_phase"]) == ["1", "3"]  # phases 1, 1 + 2
+    gap = summary["arms"]["naive"]["plasticity_gap_bits"]
+    assert gap[2] is None and gap[3] == pytest.approx(R[3][3] - summary["arms"]["fresh"]["kl_bits_by_phase"]["3"])
+    with pytest.raises(Exception, match=r"eval.phases='recent:0': must be all, current, recent:K or every:K"):
+        load_config("smoke", ["eval.phases=recent:0"])

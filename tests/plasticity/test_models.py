@@ -28,7 +28,8 @@ def test_registry():
 
 
 def test_every_model_has_its_own_parameters_spelled_out_with_defaults():
-    assert normalize({"name": "lstm"}) == {"name": "lstm", "n_layers": 2, "hidden": 256, "d_model": 64, "dropout": 0.0}
+    assert normalize({"name": "lstm"}) == {"name": "lstm", "n_layers": 2, "hidden": 256, "d_model": 64, "dropout": 0.0,
+                                           "activation": "gelu"}
     with pytest.raises(ValueError, match="model.n_heads: not a parameter of model 'lstm'"):
         normalize({"name": "lstm", "n_heads": 4})
     with pytest.raises(ValueError, match=r"model.hiden: .*Did you mean 'hidden'"):
@@ -134,3 +135,24 @@ def test_bad_configs():
         build_model({"name": "lstm", "n_layers": 0}, V, T)
     with pytest.raises(ValueError, match="max_seq_len"):
         build_model({"name": "transformer"}, V, 8)(torch.zeros(1, 9, dtype=torch.long))
+
+
+def test_the_knobs_the_plasticity_literature_varies():
+    no_ln = build_model({"name": "transformer", "layer_norm": False, "activation": "relu"}, V, T)
+    assert not any(isinstance(m, torch.nn.LayerNorm) for m in no_ln.modules())
+    assert all(isinstance(u.act, torch.nn.ReLU) for u in no_ln.unit_layers())
+    mlp = build_model({"name": "mlp", "hidden": 16, "layer_norm": True, "activation": "tanh"}, V, T)
+    assert sum(isinstance(m, torch.nn.LayerNorm) for m in mlp.modules()) == 2
+    assert all(isinstance(u.act, torch.nn.Tanh) for u in mlp.unit_layers())
+    with pytest.raises(ValueError, match="model.activation='swish'"):
+        build_model({"name": "lstm", "activation": "swish"}, V, T)
+
+
+def test_sgd_is_an_optimizer_too():
+    from plasticity.train.optim import OptimConfig, build_optimizer
+
+    model = build_model({"name": "mlp", "hidden": 8}, V, T)
+    sgd = build_optimizer(model, OptimConfig(optimizer="sgd", momentum=0.9, weight_decay=0.1), lr=0.5)
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.9
+    assert [g["weight_decay"] for g in sgd.param_groups] == [0.1, 0.0]  # matrices decay, biases do not
+    assert isinstance(build_optimizer(model, OptimConfig(), lr=0.5), torch.optim.AdamW)

@@ -160,4 +160,4 @@ def test_arm_metrics_of_a_single_phase_run():
     m = arm_metrics({"R_kl_bits": [[0.2]], "final_kl_bits": 0.2, "bwt_bits": 0.0, "forgetting_bits": [0.0],
                      "auc_kl": [0.4]})
     assert m == {"final_kl_bits": 0.2, "bwt_bits": None, "forgetting_bits": None, "auc_kl_bits": 0.4,
-                 "plasticity_gap_bits": None}
+                 "plasticity_gap_bits": None, "regret_bits_per_token": None}

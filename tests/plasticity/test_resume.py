@@ -25,6 +25,11 @@ def _metrics(path) -> list[str]:
     return (path / "metrics.jsonl").read_text().splitlines()
 
 
+def _steps(path) -> dict[str, str]:
+    """The per-step records of every unit: one line per step, none missing, none twice."""
+    return {p.name: p.read_text() for p in sorted((path / "steps").glob("*.csv"))}
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     path = tmp_path_factory.mktemp("uninterrupted")
@@ -62,6 +67,10 @@ def test_sigkill_at_a_random_step_then_resume_is_bit_identical(reference, tmp_pa
     b = json.loads((tmp_path / "summary.json").read_text())
     assert a["arms"] == b["arms"]
     assert _metrics(reference) == _metrics(tmp_path)
+    assert _steps(reference) == _steps(tmp_path) and set(_steps(tmp_path)) == {"pretrained.csv", "frozen.csv",
+                                                                               "naive.csv"}
+    steps = [int(line.split(",")[0]) for line in _steps(tmp_path)["naive.csv"].splitlines()[1:]]
+    assert steps == list(range(300, 500))  # the arm's every step, once
 
 
 @pytest.mark.slow
