@@ -20,6 +20,8 @@ from streams.checks import is_number
 
 DPI = 150
 KL_FLOOR = 1e-6  # a log axis cannot show 0 bits
+MANY_PHASES = 12  # beyond, panels per phase, annotated heatmaps and phase names give way to views by index
+TRAINED, EARLIER = "the phase being trained", "earlier phases (mean over those evaluated)"
 STYLE = {"font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "legend.fontsize": 8,
          "xtick.labelsize": 7, "ytick.labelsize": 7, "figure.titlesize": 10}
 
@@ -82,6 +84,26 @@ def kl_curves(rows: list[dict]) -> dict[str, dict[int, list[tuple[int, float]]]]
                 if pts[0][0] > fork:
                     pts.insert(0, max(pre[j]))
     return {a: dict(v) for a, v in curves.items()}
+
+
+def stream_curves(rows: list[dict]) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """arm -> view -> [(step, kl_bits)] for a long stream: its KL on the phase it is training (TRAINED) and
+    its mean KL over the earlier phases evaluated at that step (EARLIER), sorted by step."""
+    trained: dict[str, dict[int, float]] = defaultdict(dict)
+    earlier: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if not is_number(r.get("kl_bits")):
+            continue
+        if r["eval_phase"] == r["phase"]:
+            trained[r["arm"]][r["step"]] = r["kl_bits"]
+        elif r["eval_phase"] < r["phase"]:
+            earlier[r["arm"]][r["step"]].append(r["kl_bits"])
+    out: dict[str, dict[str, list[tuple[int, float]]]] = defaultdict(dict)
+    for arm, by_step in trained.items():
+        out[arm][TRAINED] = sorted(by_step.items())
+    for arm, by_step in earlier.items():
+        out[arm][EARLIER] = sorted((s, sum(v) / len(v)) for s, v in by_step.items())
+    return dict(out)
 
 
 def grid(n: int, ncols_max: int = 3, w: float = 3.0, h: float = 2.4, extra_h: float = 0.7,

@@ -17,10 +17,13 @@ from matplotlib.ticker import FuncFormatter
 
 from plasticity.results.figures import (
     DPI,
+    EARLIER,
     FRESH,
     KL_FLOOR,
+    MANY_PHASES,
     PRETRAIN,
     STYLE,
+    TRAINED,
     arm_colors,
     arm_label,
     arm_order,
@@ -32,7 +35,9 @@ from plasticity.results.figures import (
     phase_names,
     save,
     shade_phase,
+    stream_curves,
 )
+from plasticity.results.phase_plots import phase_figure
 from plasticity.results.runs import load
 from plasticity.results.step_plots import kl_every_step_figure, unit_records
 from streams.checks import is_number
@@ -47,8 +52,11 @@ PROBES = (  # key, panel title, y label
 
 
 def kl_figure(rows: list[dict], summary: dict | None = None, title: str | None = None) -> Figure:
-    """(a) KL to the exact posterior over the stream, one panel per eval phase, one line per arm."""
+    """(a) KL to the exact posterior over the stream, one panel per eval phase, one line per arm; a long
+    stream in two panels instead (stream_kl_figure)."""
     names = phase_names(rows, summary)
+    if len(names) > MANY_PHASES:
+        return stream_kl_figure(rows, summary, title)
     ends = phase_ends(rows)
     curves = kl_curves(rows)
     arms = [a for a in arm_order(rows, summary) if a in curves]
@@ -83,6 +91,34 @@ def kl_figure(rows: list[dict], summary: dict | None = None, title: str | None =
     return fig
 
 
+def stream_kl_figure(rows: list[dict], summary: dict | None = None, title: str | None = None) -> Figure:
+    """A long stream's KL over the steps: on the phase being trained, and on the earlier phases evaluated
+    (their mean), one line per arm; a fresh learner's evaluations as points (each learner lives one phase)."""
+    n = len(phase_names(rows, summary))
+    curves = stream_curves(rows)
+    arms = [a for a in arm_order(rows, summary) if a in curves]
+    views = [v for v in (TRAINED, EARLIER) if any(v in curves[a] for a in arms)]
+    colors = arm_colors(arms)
+    with matplotlib.rc_context(STYLE):
+        fig, axes = grid(len(views), ncols_max=1, w=9.0, h=2.8, sharey=True)
+        handles: dict[str, object] = {}
+        for ax, view in zip(axes, views):
+            for arm in arms:
+                if view in curves[arm]:
+                    s, k = zip(*curves[arm][view])
+                    style = dict(ls="none", marker=".", ms=3) if arm == FRESH else dict(lw=1.0, marker=".", ms=2)
+                    (line,) = ax.plot(s, np.maximum(k, KL_FLOOR), color=colors[arm], **style)
+                    handles.setdefault(arm_label(arm), line)
+            ax.set_yscale("log")
+            ax.set_title(f"evaluated on {view}")
+            ax.set_xlabel("stream step")
+            ax.set_ylabel("KL (bits/token)")
+            ax.grid(True, which="major", alpha=0.25)
+        fig.suptitle(title or f"{(summary or {}).get('name', 'run')}: KL to the exact posterior over {n} phases")
+        fig_legend(fig, handles)
+    return fig
+
+
 def _as_matrix(R) -> tuple[np.ndarray, list[int]]:
     """R as a list of rows or a {phase index: row} dict (rows recorded so far) -> (matrix, row indices)."""
     if isinstance(R, dict):
@@ -105,8 +141,16 @@ def _r_norm(values: np.ndarray):
 
 
 def _draw_r(ax, R, phases: list[str], norm, cmap: str = "magma_r"):
+    """The heatmap; a long stream's without the values and with phase indices rather than names."""
     M, idx = _as_matrix(R)
-    im = ax.imshow(np.ma.masked_invalid(M), cmap=cmap, norm=norm, aspect="auto")
+    im = ax.imshow(np.ma.masked_invalid(M), cmap=cmap, norm=norm, aspect="auto", interpolation="nearest")
+    if M.shape[1] > MANY_PHASES:
+        ax.set_xlabel("evaluated on phase (index)")
+        ax.set_ylabel("end of phase (index)")
+        rows = np.array(idx)  # the recorded rows may skip phases: label them by their phase index
+        ax.yaxis.set_major_formatter(FuncFormatter(
+            lambda v, _: str(rows[int(round(v))]) if 0 <= round(v) < len(rows) else ""))
+        return im
     cm = im.get_cmap()
     for a in range(M.shape[0]):
         for b in range(M.shape[1]):
@@ -122,6 +166,11 @@ def _draw_r(ax, R, phases: list[str], norm, cmap: str = "magma_r"):
     return im
 
 
+def _r_side(n_phases: int) -> float:
+    """Inches per side of one heatmap: a cell per phase while the values are written in, then fixed."""
+    return 0.75 * max(n_phases, 2) if n_phases <= MANY_PHASES else 5.0
+
+
 def _plain_ticks(cbar) -> None:
     """0.3 rather than 3×10⁻¹ on a log colorbar."""
     fmt = FuncFormatter(lambda v, _: f"{v:.2g}")
@@ -130,12 +179,14 @@ def _plain_ticks(cbar) -> None:
 
 
 def r_matrix_figure(R, phases: list[str], title: str = "R matrix") -> Figure:
-    """Heatmap of R[i][j] = KL (bits) on phase j's eval bank at the end of phase i, values annotated.
+    """Heatmap of R[i][j] = KL (bits) on phase j's eval bank at the end of phase i, values annotated (up to
+    MANY_PHASES phases).
     R: list of rows, or the {phase index: row} dict of rows recorded so far."""
     M, _ = _as_matrix(R)
     with matplotlib.rc_context(STYLE):
-        fig = Figure(figsize=(1.0 + 1.0 * max(M.shape[1], 2), 1.2 + 0.55 * max(M.shape[0], 2)), dpi=DPI,
-                     layout="constrained")
+        many = M.shape[1] > MANY_PHASES
+        size = (6.5, 5.0) if many else (1.0 + 1.0 * max(M.shape[1], 2), 1.2 + 0.55 * max(M.shape[0], 2))
+        fig = Figure(figsize=size, dpi=DPI, layout="constrained")
         ax = fig.subplots()
         im = _draw_r(ax, R, phases, _r_norm(M))
         _plain_ticks(fig.colorbar(im, ax=ax, label="KL (bits)"))
@@ -153,7 +204,7 @@ def r_matrices_figure(summary: dict, rows: list[dict]) -> Figure | None:
     allv = np.concatenate([_as_matrix(R)[0].ravel() for R in mats.values()])
     norm = _r_norm(allv)
     n = len(mats)
-    side = 0.75 * max(len(names), 2)
+    side = _r_side(len(names))
     with matplotlib.rc_context(STYLE):
         fig, axes = grid(n, ncols_max=3, w=side + 1.4, h=side * 0.8 + 0.9, extra_h=0.4)
         im = None
@@ -318,5 +369,6 @@ def make_plots(run_dir: Path | str) -> list[Path]:
         "r_matrix.png": r_matrices_figure(summary, rows),
         "calibration.png": calibration_figure(final_rows(rows), names),
         "probes.png": probes_figure(rows, summary),
+        "phases.png": phase_figure(summary) if summary else None,
     }
     return [save(fig, out / name) for name, fig in figures.items() if fig is not None]

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from plasticity.results.stats import mean_ci
+from plasticity.results.summary_table import MAX_PHASE_COLUMNS
 from streams.checks import is_number
 
 SEEDS_FILE, AGGREGATE_FILE = "seeds.yaml", "aggregate.json"
@@ -73,14 +74,16 @@ def print_aggregate(agg: dict, parent: Path) -> None:
 
     console = Console()
     phases = agg["phases"]
+    wide = len(phases) <= MAX_PHASE_COLUMNS
     table = Table(title=f"KL to the exact posterior (bits) at the end of the stream — {agg['name']}, mean ± 95% "
                         f"CI over seeds {', '.join(map(str, agg['seeds']))}")
-    for name in ("arm", *phases, "mean", "BWT (+ = worse)"):
+    for name in ("arm", *(phases if wide else []), "mean" if wide else f"mean over {len(phases)} phases",
+                 "BWT (+ = worse)"):
         table.add_column(name, justify="left" if name == "arm" else "right")
     for arm, res in agg["arms"].items():
         if "R_kl_bits" not in res or not res["R_kl_bits"]:
             continue
-        last = res["R_kl_bits"][-1]
+        last = res["R_kl_bits"][-1] if wide else []
         table.add_row(arm, *(_cell(c) for c in last), _cell(res.get("final_kl_bits")),
                       _cell(res.get("bwt_bits"), signed=True))
     console.print(table)

@@ -17,9 +17,12 @@ from matplotlib.figure import Figure
 
 from plasticity.results.figures import (
     DPI,
+    EARLIER,
     FRESH,
     KL_FLOOR,
+    MANY_PHASES,
     STYLE,
+    TRAINED,
     arm_colors,
     arm_label,
     arm_order,
@@ -31,19 +34,21 @@ from plasticity.results.figures import (
     phase_names,
     save,
     shade_phase,
+    stream_curves,
 )
+from plasticity.results.phase_plots import seeds_phase_figure
 from plasticity.results.runs import config_setting, load
 from plasticity.results.stats import mean_ci
 from streams.checks import is_number
 
 
-def _mean_ci_curves(runs: list[list[dict]]) -> dict[str, dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, int]]]:
-    """arm -> eval phase -> (steps, mean, 95% CI half-width (0 for one seed), n seeds) over the seeds' KL
-    curves, step by step."""
+def _mean_ci_curves(runs: list[dict]) -> dict[str, dict]:
+    """arm -> panel -> (steps, mean, 95% CI half-width (0 for one seed), n seeds) over the seeds' KL curves
+    (each run's arm -> panel -> [(step, kl)], as kl_curves or stream_curves give them), step by step."""
     per: dict[str, dict[int, dict[int, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     nseeds: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
-    for rows in runs:
-        for arm, by_phase in kl_curves(rows).items():
+    for curves in runs:
+        for arm, by_phase in curves.items():
             for j, pts in by_phase.items():
                 nseeds[arm][j] += 1
                 for s, k in pts:
@@ -61,25 +66,29 @@ def _mean_ci_curves(runs: list[list[dict]]) -> dict[str, dict[int, tuple[np.ndar
 
 
 def sweep_kl_figure(runs: list[tuple[list[dict], dict]], title: str) -> Figure:
-    """KL curves, mean ± 95% CI across the seeds of one setting: one panel per eval phase, one band per arm."""
+    """KL curves, mean ± 95% CI across the seeds of one setting: one panel per eval phase, one band per arm;
+    a long stream's two views instead (figures.stream_curves)."""
     rows0, summary0 = runs[0]
     names, ends = phase_names(rows0, summary0), phase_ends(rows0)
-    stats = _mean_ci_curves([rows for rows, _ in runs])
+    long = len(names) > MANY_PHASES
+    stats = _mean_ci_curves([stream_curves(rows) if long else kl_curves(rows) for rows, _ in runs])
     arms = [a for a in arm_order(rows0, summary0) if a in stats]
+    panels = [v for v in (TRAINED, EARLIER) if any(v in stats[a] for a in arms)] if long else list(range(len(names)))
     colors = arm_colors(arms)
     with matplotlib.rc_context(STYLE):
-        fig, axes = grid(len(names))
+        fig, axes = grid(len(panels), ncols_max=1, w=9.0, h=2.8) if long else grid(len(panels))
         handles: dict[str, object] = {}
-        for j, ax in enumerate(axes[: len(names)]):
-            shade_phase(ax, j, ends)
+        for ax, j in zip(axes, panels):
+            if not long:
+                shade_phase(ax, j, ends)
             lowest = np.inf
             for arm in arms:
                 if j not in stats[arm]:
                     continue
                 steps, mean, ci, n = stats[arm][j]
                 lowest = min(lowest, float(np.maximum(mean, KL_FLOOR).min()))
-                (line,) = ax.plot(steps, np.maximum(mean, KL_FLOOR), color=colors[arm], lw=1.4,
-                                  ls="--" if arm == FRESH else "-")
+                (line,) = ax.plot(steps, np.maximum(mean, KL_FLOOR), color=colors[arm], lw=1.0 if long else 1.4,
+                                  ls="--" if arm == FRESH else "-", marker="." if long else None, ms=2)
                 ax.fill_between(steps, np.maximum(mean - ci, KL_FLOOR), np.maximum(mean + ci, KL_FLOOR),
                                 color=colors[arm], alpha=0.2, lw=0)
                 handles.setdefault(f"{arm_label(arm)} (n={n})", line)
@@ -87,8 +96,11 @@ def sweep_kl_figure(runs: list[tuple[list[dict], dict]], title: str) -> Figure:
             ax.margins(y=0.18)
             if np.isfinite(lowest):  # an interval reaching 0 runs off the bottom rather than to 1e-6
                 ax.set_ylim(bottom=max(KL_FLOOR, lowest / 4))
-            mark_phases(ax, ends, names)
-            ax.set_title(f"evaluated on phase {j}: {names[j]}")
+            if long:
+                ax.set_title(f"evaluated on {j}")
+            else:
+                mark_phases(ax, ends, names)
+                ax.set_title(f"evaluated on phase {j}: {names[j]}")
             ax.set_xlabel("stream step")
             if ax.get_subplotspec().is_first_col():
                 ax.set_ylabel("KL (bits/token), mean ± 95% CI")
@@ -127,7 +139,8 @@ def sweep_final_figure(groups: list[tuple[str, list[dict]]]) -> Figure:
 
 def plot_sweep(runs: list[Path | str], out_dir: Path | str) -> list[Path]:
     """Seeds of one setting (the config minus seed, paths and logging) are pooled: KL curves mean ± 95% CI per
-    setting (sweep_kl_<k>.png) and the final KL per arm and setting (sweep_final_kl.png)."""
+    setting (sweep_kl_<k>.png), the per-phase figures binned by phase (sweep_phases_<k>.png, from three
+    phases on) and the final KL per arm and setting (sweep_final_kl.png)."""
     out_dir = Path(out_dir)
     groups: dict[str, list[tuple[list[dict], dict, dict]]] = {}
     for run in runs:
@@ -147,10 +160,15 @@ def plot_sweep(runs: list[Path | str], out_dir: Path | str) -> list[Path]:
             config.get("name", "run"))
         label = label if len(label) <= 70 else label[:67] + "..."
         seeds = sorted({m[2].get("seed") for m in members}, key=str)
+        name = str(config.get("name", "sweep"))
+        heading = name if label == name else f"{name} [{label}]"
         fig = sweep_kl_figure([(rows, summary) for rows, summary, _ in members],
-                              f"{config.get('name', 'sweep')} [{label}]: KL to the posterior, "
+                              f"{heading}: KL to the posterior, "
                               f"mean ± 95% CI over {len(members)} runs (seeds {', '.join(map(str, seeds))})")
         paths.append(save(fig, out_dir / f"sweep_kl_{k}.png"))
+        fig = seeds_phase_figure([summary for _, summary, _ in members], heading)
+        if fig is not None:
+            paths.append(save(fig, out_dir / f"sweep_phases_{k}.png"))
         labelled.append((label, [summary for _, summary, _ in members]))
     if any(s for _, sums in labelled for s in sums):
         paths.append(save(sweep_final_figure(labelled), out_dir / "sweep_final_kl.png"))

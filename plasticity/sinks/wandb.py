@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import io
+import math
 import netrc
 import os
 import sys
@@ -180,13 +181,17 @@ class WandbSink(RunSink):
 
     @_guarded
     def on_phase_end(self, arm: str, phase: int, R_rows: dict[int, list[float]]) -> None:
-        from plasticity.results.plots import calibration_figure, r_matrix_figure  # late: matplotlib
+        from plasticity.results.figures import MANY_PHASES  # late: matplotlib
+        from plasticity.results.plots import calibration_figure, r_matrix_figure
 
         run = self._run(arm)
         if run is None:
             return
         wandb = self._wandb
         names = [self._phase_name(j) for j in range(max(len(r) for r in R_rows.values()))]
+        n = len(names)
+        if n > MANY_PHASES and phase != n - 1 and phase % math.ceil(n / MANY_PHASES):
+            return  # a long stream's images at about MANY_PHASES phase ends, not at each (their cost is O(n))
         step, rows = self._last.get(arm, (None, []))
         data: dict[str, Any] = {STEP: step} if step is not None else {}
         if all(len(r) == len(names) for r in R_rows.values()):  # the fresh arm only sees its own phase

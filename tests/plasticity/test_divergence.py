@@ -82,7 +82,7 @@ def test_plots_and_report_cope_with_a_diverged_arm(diverged_run, tmp_path, capsy
     code, path, out, err = diverged_run
     assert "plots failed" not in err
     assert {p.name for p in (path / "plots").glob("*.png")} == {"kl_curves.png", "kl_every_step.png", "r_matrix.png",
-                                                              "calibration.png"}
+                                                              "calibration.png", "phases.png"}
     assert main(["report", str(path), "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "diverged arm explode" in printed and "step 40, phase 1" in printed

@@ -6,13 +6,22 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from matplotlib.image import imread
 
 from plasticity.files import read_jsonl
-from plasticity.results.figures import kl_curves, save
-from plasticity.results.plots import make_plots, probe_series, r_from_rows, r_matrix_figure
+from plasticity.results.figures import EARLIER, TRAINED, kl_curves, save, stream_curves
+from plasticity.results.phase_plots import bin_width, binned, per_phase, seeds_phase_figure
+from plasticity.results.plots import (
+    kl_figure,
+    make_plots,
+    probe_series,
+    r_from_rows,
+    r_matrices_figure,
+    r_matrix_figure,
+)
 from plasticity.results.sweep_plots import plot_sweep
 from plasticity.run.config import load_config
 
@@ -140,3 +149,81 @@ def test_single_phase_run(smoke_dir, tmp_path):
     assert {p.name for p in paths} == RUN_FIGURES - {"kl_every_step.png"}  # no steps/ records copied here
     for p in paths:
         assert_real_png(p, min_bytes=4_000)
+
+
+# ------------------------------------------------------------------------------------------- long streams
+LONG = """name: long
+stream:
+  batch_size: 8
+  eval_size: 16
+  phases: [{name: task, family: bijection, params: {n_keys: 4}, relabel: true, repeat: 14, steps: 4}]
+model: {name: transformer, n_layers: 1, d_model: 16, n_heads: 2, d_ff: 32}
+arms: [naive]
+fresh: true
+fresh_every: 5
+eval: {every: 4, phases: current}
+"""
+
+
+@pytest.fixture(scope="module")
+def long_dir(tmp_path_factory) -> Path:
+    from plasticity.entry import run
+
+    root = tmp_path_factory.mktemp("long")
+    (root / "long.yaml").write_text(LONG)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WANDB_MODE", "disabled")
+        run(load_config(str(root / "long.yaml"), ["progress=false", "plots=false", "logger.wandb.mode=disabled"]),
+            root / "run")
+    return root / "run"
+
+
+def test_a_long_stream_is_drawn_by_phase_index(long_dir):
+    """14 phases (> MANY_PHASES): the KL in two views rather than 14 panels, the R heatmap without its 196
+    values, and the per-phase figure; each a real PNG."""
+    paths = make_plots(long_dir)
+    assert {p.name for p in paths} == RUN_FIGURES | {"phases.png"}
+    for p in paths:
+        assert_real_png(p)
+    rows = read_jsonl(long_dir / "metrics.jsonl")
+    summary = json.loads((long_dir / "summary.json").read_text())
+    fig = kl_figure(rows, summary)
+    assert [ax.get_title() for ax in fig.axes] == [f"evaluated on {TRAINED}", f"evaluated on {EARLIER}"]
+    assert all(not ax.texts for ax in r_matrices_figure(summary, rows).axes)
+    curves = stream_curves(rows)
+    trained = {(r["step"], r["kl_bits"]) for r in rows if r["arm"] == "naive" and r["eval_phase"] == r["phase"]}
+    assert set(curves["naive"][TRAINED]) == trained
+    last = max(r["step"] for r in rows)  # only the final evaluation covers the earlier phases
+    finals = [r["kl_bits"] for r in rows if r["arm"] == "naive" and r["step"] == last and r["eval_phase"] < r["phase"]]
+    assert curves["naive"][EARLIER] == [(last, pytest.approx(sum(finals) / len(finals)))]
+
+
+def test_per_phase_figures_read_the_summary(long_dir):
+    summary = json.loads((long_dir / "summary.json").read_text())
+    series = per_phase(summary)
+    R = summary["arms"]["naive"]["R_kl_bits"]
+    end = series["end_kl"]["naive"]
+    assert np.isnan(end[0]) and end[1:].tolist() == [R[i][i] for i in range(1, 14)]
+    fresh = series["end_kl"]["fresh"]
+    assert [i for i in range(14) if np.isfinite(fresh[i])] == [1, 6, 11]  # fresh_every 5 from phase 1
+    assert series["gap"]["naive"][6] == pytest.approx(R[6][6] - fresh[6])
+    assert series["regret"]["naive"][1:].tolist() == summary["arms"]["naive"]["regret_bits_per_token"][1:]
+
+
+def test_binned_means_by_hand():
+    x, m = binned(np.array([np.nan, 1.0, 2.0, 3.0, np.nan, 5.0]), 2)
+    assert x.tolist() == [1.5, 3.5, 5.0] and m.tolist() == [1.5, 3.0, 5.0]
+    assert bin_width(41) == 1 and bin_width(42) == 2 and bin_width(501) == 13
+
+
+def test_seeds_phase_figure_draws_the_mean_over_seeds():
+    def summary(values):
+        n = len(values) + 1
+        R = [[0.0] * n for _ in range(n)]
+        for i, v in enumerate(values, start=1):
+            R[i][i] = v
+        return {"name": "s", "phases": [f"p{i}" for i in range(n)], "arms": {"naive": {"R_kl_bits": R}}}
+
+    fig = seeds_phase_figure([summary([1.0, 2.0, 4.0]), summary([3.0, 4.0, 8.0])], "two seeds")
+    line = fig.axes[0].lines[0]
+    assert line.get_xdata().tolist() == [1, 2, 3] and line.get_ydata().tolist() == [2.0, 3.0, 6.0]

@@ -158,6 +158,24 @@ def test_an_empty_wandb_mode_in_the_environment_means_unset(wandb_env, logged, m
     assert [d["stream_step"] for d in naive_logs if "kl_bits/pretrain" in d] == [0, 10, 15, 20]  # the whole history
 
 
+def test_a_long_stream_sends_its_images_at_about_twelve_phase_ends(wandb_env, logged):
+    """Drawing the R heatmap at every phase end costs O(phases) each: 30 phases send it at phases 0, 3, ..., 27
+    (every ceil(30/12) = 3rd) and at the last, 29; the scalars still come at every evaluation."""
+    names = [f"p{j}" for j in range(30)]
+    run_dir = wandb_env / "run"
+    run_dir.mkdir()
+    sink = WandbSink(mode="offline", system_metrics=False)
+    sink.on_start({"name": "long", "seed": 0, "arms": {"naive": {"strategy": "naive"}}}, str(run_dir))
+    for i in range(1, 30):
+        sink.on_rows(fake_rows("naive", 10 * i, i, [0.5] * 30, names))
+        sink.on_phase_end("naive", i, {k: [0.5] * 30 for k in range(i + 1)})
+    sink.close()
+    logs = logged[next(k for k in logged if k.startswith("naive@"))]
+    assert sum("kl_bits/p0" in d for d in logs) == 29
+    with_images = [d["stream_step"] for d in logs if "R/kl_bits_heatmap" in d]
+    assert with_images == [10 * i for i in (3, 6, 9, 12, 15, 18, 21, 24, 27, 29)]
+
+
 def test_several_runs_in_one_process(wandb_env):
     for k in range(2):
         sink = WandbSink(mode="offline", system_metrics=False)
