@@ -82,12 +82,15 @@ class Evaluator(pl.Callback):
         self.curves: dict[int, list[tuple[int, float]]] = {j: [] for j in banks}  # eval phase -> (step, kl)
         self.seconds = 0.0
 
-    def evaluate(self, model: nn.Module, step: int, grad_norm: float = 0.0, record: bool = True) -> list[dict]:
-        """Evaluate on every bank; `record=False` only returns the rows (see `replay`)."""
+    def evaluate(self, model: nn.Module, step: int, grad_norm: float = 0.0, record: bool = True,
+                 every_bank: bool = False) -> list[dict]:
+        """Evaluate on the banks of `step` (banks_at), or on all with `every_bank`; `record=False` only returns
+        the rows (see `replay`)."""
         t0 = time.perf_counter()
         device = next(model.parameters()).device
         phase = self.stream.phase_at(min(step, self.stream.total_steps) - 1) if step > 0 else 0
-        results = evaluate_all(model, self.banks_at(step, phase), self.batch_size, device)
+        banks = self.banks if every_bank else self.banks_at(step, phase)
+        results = evaluate_all(model, banks, self.batch_size, device)
         probes: dict = {}
         if self.probes:
             tokens = self.banks[phase].tokens[: self.batch_size].to(device)

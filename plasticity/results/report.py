@@ -33,7 +33,7 @@ from pathlib import Path
 
 from plasticity.eval.rows import FRESH_ARM
 from plasticity.files import atomic_write_text
-from plasticity.results.runs import Run, config_setting, failed_trials, find, flatten, load
+from plasticity.results.runs import Run, config_setting, failed_trials, find, flatten, load, setting_labels
 from plasticity.results.stats import mean_ci
 from streams.checks import is_number
 
@@ -106,21 +106,12 @@ def build_rows(runs: list[Run]) -> list[Row]:
                 if value is not None:
                     row.values.setdefault(metric, []).append(float(value))
     out = list(rows.values())
-    for row in out:  # the label: the keys that vary among the rows of the same experiment and arm
-        peers = [r.setting for r in out if (r.experiment, r.arm) == (row.experiment, row.arm)]
-        varying = [k for k in dict.fromkeys(k for p in peers for k in p) if len({p.get(k) for p in peers}) > 1]
-        label = ", ".join(f"{k}={_short(row.setting.get(k, 'unset'))}" for k in varying)
-        row.label = label or "-"
+    for key in dict.fromkeys((r.experiment, r.arm) for r in out):  # labelled among the same experiment and arm
+        peers = [r for r in out if (r.experiment, r.arm) == key]
+        for row, label in zip(peers, setting_labels([r.setting for r in peers])):
+            row.label = label
     out.sort(key=lambda r: (r.experiment, r.label))
     return out
-
-
-def _short(text: str) -> str:
-    try:
-        value = json.loads(text)
-    except (TypeError, json.JSONDecodeError):
-        return text
-    return text if not isinstance(value, (str, int, float)) else str(value)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,9 @@ def load(path: Path) -> Run:
 
 
 def flatten(d: Any, prefix: str = "") -> dict[str, str]:
+    """{dotted key: JSON value}; a list of dicts (the stream's phases) by index: `stream.phases.1.tasks`."""
+    if isinstance(d, list) and d and all(isinstance(v, dict) for v in d):
+        d = dict(enumerate(d))
     if isinstance(d, dict) and d:
         out: dict[str, str] = {}
         for k, v in d.items():
@@ -97,6 +101,33 @@ def config_setting(config: dict, drop: tuple[str, ...] = ()) -> dict[str, str]:
     """The config minus what does not change the experiment (seed, paths, logging, hardware), flattened:
     runs with equal settings are seeds of one another."""
     return flatten({k: v for k, v in config.items() if k not in NOT_A_SETTING + drop})
+
+
+def setting_labels(settings: list[dict[str, str]]) -> list[str]:
+    """Each setting's label among its peers, `key=value, ...`: for every key that varies, the settings that
+    differ from its most common value (the others' shared baseline), or every setting when no value is
+    shared; "-" for a setting with nothing to tell."""
+    keys = list(dict.fromkeys(k for s in settings for k in s))
+    labels: list[list[str]] = [[] for _ in settings]
+    for key in keys:
+        values = [s.get(key, "unset") for s in settings]
+        counts = Counter(values)
+        if len(counts) < 2:
+            continue
+        common, n = counts.most_common(1)[0]
+        for parts, value in zip(labels, values):
+            if n == 1 or value != common:
+                parts.append(f"{key}={short_value(value)}")
+    return [", ".join(parts) or "-" for parts in labels]
+
+
+def short_value(text: str) -> str:
+    """A flattened JSON value as a label shows it: strings without their quotes, numbers as Python prints them."""
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError):
+        return str(text)
+    return str(value) if isinstance(value, (str, int, float)) else text
 
 
 def failed_trials(indexes: list[Path]) -> list[dict]:

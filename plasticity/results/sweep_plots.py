@@ -37,7 +37,7 @@ from plasticity.results.figures import (
     stream_curves,
 )
 from plasticity.results.phase_plots import seeds_phase_figure
-from plasticity.results.runs import config_setting, load
+from plasticity.results.runs import config_setting, load, setting_labels
 from plasticity.results.stats import mean_ci
 from streams.checks import is_number
 
@@ -150,14 +150,12 @@ def plot_sweep(runs: list[Path | str], out_dir: Path | str) -> list[Path]:
             groups.setdefault(json.dumps(config_setting(config), sort_keys=True), []).append((rows, summary, config))
     if not groups:
         return []
-    settings = [config_setting(members[0][2]) for members in groups.values()]
-    varying = sorted(k for k in set().union(*settings) if len({s.get(k) for s in settings}) > 1)
+    labels = setting_labels([config_setting(members[0][2]) for members in groups.values()])
     paths = []
     labelled = []
-    for k, members in enumerate(groups.values()):
+    for k, (members, label) in enumerate(zip(groups.values(), labels)):
         config = members[0][2]
-        label = ", ".join(f"{key}={config_setting(config).get(key, 'unset')}" for key in varying) or str(
-            config.get("name", "run"))
+        label = str(config.get("name", "run")) if label == "-" else label
         label = label if len(label) <= 70 else label[:67] + "..."
         seeds = sorted({m[2].get("seed") for m in members}, key=str)
         name = str(config.get("name", "sweep"))

@@ -294,7 +294,7 @@ class UnitRunner:
         diverged = None
         if strategy.frozen:
             t0 = time.perf_counter()
-            rows = evaluator.evaluate(model, start, record=False)
+            rows = evaluator.evaluate(model, start, record=False, every_bank=True)  # replay picks each step's
             for step in sorted(evaluator.eval_steps):
                 evaluator.replay(rows, step)
             if self.cfg.eval.prequential:  # its predictions on the stream it does not train on

@@ -109,7 +109,7 @@ def test_baselines_match_the_transformer_within_5_percent(name):
 def test_long_streams_evaluate_the_current_phase_and_a_fresh_learner_every_k_phases(tmp_path):
     stream = ('{batch_size: 16, eval_size: 32, phases: [{name: p, family: bijection, params: {n_keys: 3}, '
               'relabel: true, repeat: 5, steps: 10}]}')
-    cfg = load_config("smoke", ["progress=false", "plots=false", f"stream={stream}", "arms=[naive]",
+    cfg = load_config("smoke", ["progress=false", "plots=false", f"stream={stream}", "arms=[naive,frozen]",
                                 "eval.every=5", "eval.phases=current", "fresh=true", "fresh_every=2"])
     summary = run(cfg, tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -119,6 +119,11 @@ def test_long_streams_evaluate_the_current_phase_and_a_fresh_learner_every_k_pha
     assert {r["eval_phase"] for r in naive if r["step"] == 50} == set(range(5))  # ... and every bank at the end
     R = summary["arms"]["naive"]["R_kl_bits"]
     assert R[2][0] is None and R[2][2] is not None and None not in R[4]
+    frozen = [r for r in rows if r["arm"] == "frozen"]  # evaluated once, replayed as the steps select
+    assert {(r["step"], r["eval_phase"]) for r in frozen} == {(r["step"], r["eval_phase"]) for r in naive}
+    frozen_R = summary["arms"]["frozen"]["R_kl_bits"]
+    assert frozen_R[2][0] is None and None not in frozen_R[4]
+    assert all(frozen_R[i][i] == frozen_R[4][i] for i in range(1, 5))  # its weights do not change
     assert summary["arms"]["naive"]["forgetting_bits"][0] == pytest.approx(R[4][0] - min(R[0][0], R[4][0]))
     assert sorted(summary["arms"]["fresh"]["kl_bits_by_phase"]) == ["1", "3"]  # phases 1, 1 + 2
     gap = summary["arms"]["naive"]["plasticity_gap_bits"]
