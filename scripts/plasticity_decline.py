@@ -22,24 +22,46 @@ from plasticity.results.runs import config_setting, find, load, setting_labels
 from plasticity.results.stats import mean_ci
 from streams.checks import is_number
 
-FIGURES = {  # name -> how to read it per phase from an arm's summary entry and its probes at phase ends
-    "end-of-phase KL": lambda res, probes, i: res["R_kl_bits"][i][i] if i < len(res["R_kl_bits"]) else None,
-    "regret/token": lambda res, probes, i: (res.get("regret_bits_per_token") or [None] * (i + 1))[i],
-    "adaptation steps": lambda res, probes, i: (res.get("adaptation_steps") or [None] * (i + 1))[i],
-    "gap to fresh": lambda res, probes, i: (res.get("plasticity_gap_bits") or [None] * (i + 1))[i],
-    "weight norm": lambda res, probes, i: probes.get(i, {}).get("weight_norm"),
-    "effective rank": lambda res, probes, i: probes.get(i, {}).get("effective_rank"),
-    "dormant": lambda res, probes, i: probes.get(i, {}).get("dormant_frac"),
+
+def _at(ends: dict[int, dict[int, dict]], i: int, j: int | None, key: str):
+    """The arm's `key` at the end of phase i, evaluated on phase j (None: on phase i itself)."""
+    return ends.get(i, {}).get(i if j is None else j, {}).get(key)
+
+
+def _late(row: dict | None, fraction: float = 0.25) -> float | None:
+    """Mean KL over the last quarter of the scored positions: where in-context inference shows."""
+    kl = [v for v in (row or {}).get("kl_bits_by_position") or [] if is_number(v)]
+    return statistics.fmean(kl[-max(1, round(fraction * len(kl))):]) if kl else None
+
+
+FIGURES = {  # name -> how to read it per phase i from the arm's summary entry and its rows at phase ends
+    "end-of-phase KL": lambda res, ends, i: res["R_kl_bits"][i][i] if i < len(res["R_kl_bits"]) else None,
+    "regret/token": lambda res, ends, i: (res.get("regret_bits_per_token") or [None] * (i + 1))[i],
+    "adaptation steps": lambda res, ends, i: (res.get("adaptation_steps") or [None] * (i + 1))[i],
+    "gap to fresh": lambda res, ends, i: (res.get("plasticity_gap_bits") or [None] * (i + 1))[i],
+    "weight norm": lambda res, ends, i: _at(ends, i, None, "weight_norm"),
+    "effective rank": lambda res, ends, i: _at(ends, i, None, "effective_rank"),
+    "dormant": lambda res, ends, i: _at(ends, i, None, "dormant_frac"),
+    # the two yardsticks of a pool phase, and in-context inference on phase 0's bank (unseen tasks when
+    # phase 0 is the family's whole prior; the run must evaluate it: eval.phases every:K)
+    "KL to general posterior": lambda res, ends, i: _at(ends, i, None, "kl_bits_general"),
+    "KL on phase 0": lambda res, ends, i: _at(ends, i, 0, "kl_bits"),
+    "late-position KL on phase 0": lambda res, ends, i: _late(ends.get(i, {}).get(0)),
 }
 
 
-def phase_end_probes(run, arm: str) -> dict[int, dict]:
-    """phase -> the arm's probes at that phase's last evaluation (every phase end is one)."""
-    out: dict[int, tuple[int, dict]] = {}
+def phase_end_rows(run, arm: str) -> dict[int, dict[int, dict]]:
+    """phase -> eval phase -> the arm's row at that phase's last evaluation (every phase end is one)."""
+    last: dict[int, int] = {}
+    out: dict[int, dict[int, dict]] = {}
     for r in run.rows():
-        if r["arm"] == arm and r["eval_phase"] == r["phase"] and r["step"] >= out.get(r["phase"], (-1, {}))[0]:
-            out[r["phase"]] = (r["step"], r)
-    return {i: r for i, (_, r) in out.items()}
+        if r["arm"] != arm:
+            continue
+        if r["step"] > last.get(r["phase"], -1):
+            last[r["phase"]], out[r["phase"]] = r["step"], {}
+        if r["step"] == last[r["phase"]]:
+            out[r["phase"]][r["eval_phase"]] = r
+    return out
 
 
 def _mean(values) -> float | None:
@@ -47,13 +69,13 @@ def _mean(values) -> float | None:
     return statistics.fmean(vals) if vals else None
 
 
-def decline(res: dict, probes: dict[int, dict], n_phases: int, fraction: float
+def decline(res: dict, ends: dict[int, dict[int, dict]], n_phases: int, fraction: float
             ) -> dict[str, tuple[float | None, float | None]]:
     """figure -> (mean over the first fraction of phases 1.., mean over the last fraction)."""
     online = list(range(1, n_phases))
     k = max(1, round(fraction * len(online)))
     first, last = online[:k], online[-k:]
-    return {name: (_mean(read(res, probes, i) for i in first), _mean(read(res, probes, i) for i in last))
+    return {name: (_mean(read(res, ends, i) for i in first), _mean(read(res, ends, i) for i in last))
             for name, read in FIGURES.items()}
 
 
@@ -71,7 +93,7 @@ def main() -> None:
     ap.add_argument("--arm", default="naive")
     ap.add_argument("--fraction", type=float, default=0.2)
     ap.add_argument("--json", help="also write the table's numbers here")
-    ap.add_argument("--figures", default=",".join(FIGURES), help=f"comma-separated, of: {', '.join(FIGURES)}")
+    ap.add_argument("--figures", default=",".join(list(FIGURES)[:7]), help=f"comma-separated, of: {', '.join(FIGURES)}")
     args = ap.parse_args()
     runs = [load(p) for p in find(args.dirs)[0]]
     groups: dict[str, list] = {}
@@ -86,7 +108,7 @@ def main() -> None:
     print("|---|---:|" + "---|" * len(shown))
     out = []
     for members, label in zip(groups.values(), labels):
-        per_seed = [decline(r.summary["arms"][args.arm], phase_end_probes(r, args.arm), len(r.summary["phases"]),
+        per_seed = [decline(r.summary["arms"][args.arm], phase_end_rows(r, args.arm), len(r.summary["phases"]),
                             args.fraction) for r in members]
         cells, numbers = [], {}
         for name in shown:

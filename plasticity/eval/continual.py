@@ -84,10 +84,13 @@ def step_summary(figures: dict[int, dict], n_phases: int, first_online: int = 1)
 
 def arm_summary(strategy: str, R_rows: dict[int, list[float]], curves: dict[int, list[tuple[int, float]]],
                 phases: Sequence, threshold_bits: float, diverged: str | None = None,
-                step_figures: dict[int, dict] | None = None) -> dict:
+                step_figures: dict[int, dict] | None = None,
+                R_general_rows: dict[int, list[float | None]] | None = None) -> dict:
     """R matrix, final KL (`final_kl_bits`: the mean over every phase of the last row; `final_current_kl_bits`:
     R[last][last]), forgetting, BWT, per phase the AUC of the KL curve and the steps to reach
     `threshold_bits`, and with `step_figures` (the per-phase prequential figures) their lists (`step_summary`).
+    Where some phase has a finite task pool, `R_general_rows` (the KL to the family's general posterior) give
+    `R_kl_general_bits` and `final_kl_general_bits`, the mean of its last row over the pool phases.
     A diverged arm has R rows only for the phases it finished: the rows it never reached are None, and so
     is everything read from the last row (final KL, forgetting, BWT), rather than numbers taken from an
     earlier phase that would pass for the end of the stream."""
@@ -108,6 +111,11 @@ def arm_summary(strategy: str, R_rows: dict[int, list[float]], curves: dict[int,
         steps, kls = (list(x) for x in zip(*curve)) if curve else ([], [])
         summary["auc_kl"].append(auc_kl(steps, kls) if curve else None)
         summary["steps_to_threshold"].append(steps_to_threshold(steps, kls, threshold_bits, p.start) if curve else None)
+    general = [R_general_rows[i] for i in sorted(R_general_rows or {})]
+    if any(v is not None for row in general for v in row):
+        last = [v for v in general[-1] if v is not None]
+        summary["R_kl_general_bits"] = general
+        summary["final_kl_general_bits"] = sum(last) / len(last) if last and not diverged else None
     if diverged:
         missing = n - len(R)
         summary.update(R_kl_bits=R + [[None] * n for _ in range(missing)], final_kl_bits=None,

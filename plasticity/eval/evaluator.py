@@ -79,6 +79,7 @@ class Evaluator(pl.Callback):
         self.on_phase_end = on_phase_end
         self.phase_ends = {p.start + p.steps: i for i, p in enumerate(stream.phases)}
         self.R: dict[int, list[float]] = {}  # phase index -> KL on every phase's bank at its end
+        self.R_general: dict[int, list[float | None]] = {}  # the same to the general posterior (pool phases)
         self.curves: dict[int, list[tuple[int, float]]] = {j: [] for j in banks}  # eval phase -> (step, kl)
         self.seconds = 0.0
 
@@ -123,9 +124,12 @@ class Evaluator(pl.Callback):
         self.write_rows(rows)
         if step in self.phase_ends:
             row: list[float | None] = [None] * len(self.stream.phases)  # not evaluated: None
+            general: list[float | None] = [None] * len(self.stream.phases)  # and phases without a pool
             for r in rows:
                 row[r["eval_phase"]] = r["kl_bits"]
+                general[r["eval_phase"]] = r.get("kl_bits_general")
             self.R[self.phase_ends[step]] = row
+            self.R_general[self.phase_ends[step]] = general
             if self.on_phase_end is not None:
                 self.on_phase_end(self.arm, self.phase_ends[step], dict(self.R))
         if self.on_eval is not None:
@@ -144,10 +148,12 @@ class Evaluator(pl.Callback):
 
     def state_dict(self) -> dict:
         return {"R": {int(k): list(v) for k, v in self.R.items()},
+                "R_general": {int(k): list(v) for k, v in self.R_general.items()},
                 "curves": {int(j): [list(p) for p in c] for j, c in self.curves.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         self.R = {int(k): list(v) for k, v in state["R"].items()}
+        self.R_general = {int(k): list(v) for k, v in state.get("R_general", {}).items()}
         self.curves = {int(j): [tuple(p) for p in c] for j, c in state["curves"].items()}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:

@@ -3,9 +3,9 @@
 Each DIR is a run directory, a sweep's --out folder or any folder of runs; run directories are found
 recursively (a folder with summary.json, or config.yaml without one: incomplete). Rows are (experiment,
 setting, arm), where the setting is the config minus the seed and what does not change the experiment
-(paths, logging, hardware: `runs.config_setting`, as for the sweep figures), labelled by the keys that
-vary across the runs of that experiment and arm (the seeds of `plasticity run ... seeds=...` are such
-runs). Columns are mean ± 95% confidence interval over the runs (seeds) of a row (Student t, n − 1 degrees
+(paths, logging, hardware: `runs.config_setting`, as for the sweep figures), labelled by the keys where a
+setting differs from its peers' common value among the runs of that experiment and arm (`runs.setting_labels`;
+the seeds of `plasticity run ... seeds=...` are such runs). Columns are mean ± 95% confidence interval over the runs (seeds) of a row (Student t, n − 1 degrees
 of freedom; blank for n = 1); report.csv also has the sample standard deviation:
 
     final_kl_bits    mean KL over all phases at the end of the stream (summary's final_kl_bits)
@@ -15,6 +15,8 @@ of freedom; blank for n = 1); report.csv also has the sample standard deviation:
     plasticity_gap_bits  mean over phases of R[i][i] − fresh learner's R[i][i] (runs with fresh=true)
     regret_bits_per_token  the prequential KL over the phases after pretraining (every batch's prediction
                      before its update, per scored token; runs with eval.prequential=true)
+    final_kl_general_bits  the final KL to the family's general posterior, over the phases with a task
+                     pool (`tasks: N`): beside final_kl_bits, memorisation of the pool vs inference in context
 
 Failed trials come from each sweep's sweep_index.json; runs without summary.json are listed as incomplete;
 arms that diverged (NaN/Inf, `diverged` in the summary) are listed with their message and add no values.
@@ -38,8 +40,8 @@ from plasticity.results.stats import mean_ci
 from streams.checks import is_number
 
 METRICS = ("final_kl_bits", "bwt_bits", "forgetting_bits", "auc_kl_bits", "plasticity_gap_bits",
-           "regret_bits_per_token")
-ALWAYS = METRICS[:4]  # plasticity_gap_bits and the regret only when some run has them
+           "regret_bits_per_token", "final_kl_general_bits")
+ALWAYS = METRICS[:4]  # the gap, the regret and the general yardstick only when some run has them
 SKIP_ARMS = (FRESH_ARM,)  # the fresh-learner yardstick has no R matrix of its own
 
 
@@ -78,6 +80,7 @@ def arm_metrics(res: dict) -> dict[str, float | None]:
         "auc_kl_bits": _mean(auc[1:] if len(auc) > 1 else auc),
         "plasticity_gap_bits": _mean(res.get("plasticity_gap_bits") or []),
         "regret_bits_per_token": res.get("regret_bits_per_token_online"),
+        "final_kl_general_bits": res.get("final_kl_general_bits"),
     }
 
 

@@ -251,7 +251,7 @@ class UnitRunner:
     def _summary(self, strategy: str, evaluator: Evaluator, diverged: str | None = None,
                  steps: dict[int, dict] | None = None) -> dict:
         return arm_summary(strategy, evaluator.R, evaluator.curves, self.stream.phases,
-                           self.cfg.eval.threshold_bits, diverged, steps)
+                           self.cfg.eval.threshold_bits, diverged, steps, evaluator.R_general)
 
     # ------------------------------------------------------------------ the three kinds of unit
     def _pretrain(self, unit: WorkUnit) -> dict:

@@ -130,3 +130,21 @@ def test_long_streams_evaluate_the_current_phase_and_a_fresh_learner_every_k_pha
     assert gap[2] is None and gap[3] == pytest.approx(R[3][3] - summary["arms"]["fresh"]["kl_bits_by_phase"]["3"])
     with pytest.raises(Exception, match=r"eval.phases='recent:0': must be all, current, recent:K or every:K"):
         load_config("smoke", ["eval.phases=recent:0"])
+
+
+def test_a_pool_phase_reports_both_yardsticks(tmp_path):
+    """R_kl_general_bits holds each phase end's KL to the general posterior on the pool phases (None on the
+    phase without a pool); final_kl_general_bits is the mean of its last row over those; no pool, no keys."""
+    stream = ('{batch_size: 16, eval_size: 32, phases: [{name: prior, family: bijection, params: {n_keys: 3}, '
+              'steps: 10}, {name: pool, family: bijection, params: {n_keys: 3}, tasks: 2, repeat: 2, steps: 10}]}')
+    cfg = load_config("smoke", ["progress=false", "plots=false", f"stream={stream}", "arms=[naive]", "eval.every=5"])
+    summary = run(cfg, tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    naive = summary["arms"]["naive"]
+    general = naive["R_kl_general_bits"]
+    end = {r["eval_phase"]: r for r in rows if r["arm"] == "naive" and r["step"] == 30}
+    assert general[2] == [None, end[1]["kl_bits_general"], end[2]["kl_bits_general"]]
+    assert naive["final_kl_general_bits"] == pytest.approx((general[2][1] + general[2][2]) / 2)
+    assert naive["R_kl_bits"][2][1] == end[1]["kl_bits"] != end[1]["kl_bits_general"]  # two yardsticks
+    assert "R_kl_general_bits" not in run(load_config("smoke", ["progress=false", "plots=false"]),
+                                          tmp_path / "plain")["arms"]["naive"]

@@ -161,3 +161,15 @@ def test_arm_metrics_of_a_single_phase_run():
                      "auc_kl": [0.4]})
     assert m == {"final_kl_bits": 0.2, "bwt_bits": None, "forgetting_bits": None, "auc_kl_bits": 0.4,
                  "plasticity_gap_bits": None, "regret_bits_per_token": None}
+
+
+def test_setting_labels_name_what_differs_from_the_common_value():
+    from plasticity.results.runs import flatten, setting_labels
+
+    base = {"optim.lr": "0.001", "model.layer_norm": "true"}
+    settings = [base, {**base, "optim.lr": "0.003"}, {**base, "model.layer_norm": "false"}, dict(base)]
+    assert setting_labels(settings) == ["-", "optim.lr=0.003", "model.layer_norm=False", "-"]
+    assert setting_labels([{"a": "1"}, {"a": "2"}]) == ["a=1", "a=2"]  # no shared value: every one named
+    assert setting_labels([{"a": '"x"'}, {}]) == ["a=x", "a=unset"]
+    assert flatten({"stream": {"phases": [{"tasks": 4}, {"tasks": 1}]}}) == {
+        "stream.phases.0.tasks": "4", "stream.phases.1.tasks": "1"}
