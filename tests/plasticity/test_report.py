@@ -160,7 +160,7 @@ def test_arm_metrics_of_a_single_phase_run():
     m = arm_metrics({"R_kl_bits": [[0.2]], "final_kl_bits": 0.2, "bwt_bits": 0.0, "forgetting_bits": [0.0],
                      "auc_kl": [0.4]})
     assert m == {"final_kl_bits": 0.2, "bwt_bits": None, "forgetting_bits": None, "auc_kl_bits": 0.4,
-                 "plasticity_gap_bits": None, "regret_bits_per_token": None}
+                 "plasticity_gap_bits": None, "regret_bits_per_token": None, "final_kl_general_bits": None}
 
 
 def test_setting_labels_name_what_differs_from_the_common_value():

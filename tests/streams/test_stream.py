@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from streams import Batch, Stream, load_stream
 from streams.stream import PhaseSpec, StreamSpec
@@ -245,10 +246,11 @@ def test_eval_length_generalization():
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_shipped_configs_load_and_sample(path):
     s = load_stream(path)
-    assert s.batch_size == 64
+    raw = yaml.safe_load(path.read_text())
+    assert s.batch_size == raw.get("batch_size", 64)
     for step in (0, s.total_steps - 1):
         b = s.batch(step)
-        assert b.tokens.shape == (64, s.seq_len) and b.vocab_size == s.vocab_size
+        assert b.tokens.shape == (s.batch_size, s.seq_len) and b.vocab_size == s.vocab_size
         check_valid(b)
 
 
