@@ -12,6 +12,7 @@ CONFIGS = {
     "mlp-onehot": {"name": "mlp", "hidden": 32},
     "mlp-embed": {"name": "mlp", "hidden": 32, "input": "embed", "d_model": 8, "depth": 3},
     "lstm": {"name": "lstm", "hidden": 32},
+    "mamba": {"name": "mamba", "d_model": 16, "d_state": 4},
 }
 
 
@@ -22,8 +23,8 @@ def model(request):
 
 
 def test_registry():
-    assert MODELS.names() == ["lstm", "mlp", "transformer"]
-    with pytest.raises(ValueError, match="unknown model 'gru'; known: lstm, mlp, transformer"):
+    assert MODELS.names() == ["lstm", "mamba", "mlp", "transformer"]
+    with pytest.raises(ValueError, match="unknown model 'gru'; known: lstm, mamba, mlp, transformer"):
         build_model({"name": "gru"}, V, T)
 
 
@@ -102,21 +103,22 @@ def test_default_transformer_size():
     assert 90_000 <= n <= 115_000
 
 
-@pytest.mark.parametrize("name", ["mlp", "lstm"])
+@pytest.mark.parametrize("name", ["mlp", "lstm", "mamba"])
 def test_match_params(name):
     target = count_parameters(build_model({"name": "transformer"}, V, T))
     spec = {"name": name, "match_params": "transformer"}
     model = build_model(spec, V, T)
     n = count_parameters(model)
     _, config = resolve(spec, V, T)
-    print(f"{name} matched to the transformer: hidden={config.hidden}, {n} vs {target}")
+    width = type(model).width_param
+    print(f"{name} matched to the transformer: {width}={getattr(config, width)}, {n} vs {target}")
     assert abs(n - target) / target <= 0.05
     # An unmatched model of the default width is far off, so the match is doing the work.
     unmatched = count_parameters(build_model({"name": name}, V, T))
     assert abs(unmatched - target) > 0.05 * target
     # A bigger matched transformer gives a wider baseline.
     big = {"name": name, "match_params": {"name": "transformer", "n_layers": 4}}
-    assert resolve(big, V, T)[1].hidden > config.hidden
+    assert getattr(resolve(big, V, T)[1], width) > getattr(config, width)
 
 
 def test_match_params_impossible():

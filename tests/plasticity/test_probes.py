@@ -46,10 +46,13 @@ def test_norms_and_distance():
         distance_from(lin, {"weight": state["weight"]})
 
 
-@pytest.mark.parametrize("name", ["transformer", "mlp", "lstm"])
+SMALL = {"transformer": {}, "mlp": {"hidden": 16}, "lstm": {"hidden": 16}, "mamba": {"d_model": 16}}
+
+
+@pytest.mark.parametrize("name", list(SMALL))
 def test_unit_activity_and_probe_all(name):
     torch.manual_seed(0)
-    model = build_model({"name": name} if name == "transformer" else {"name": name, "hidden": 16}, 10, 12)
+    model = build_model({"name": name, **SMALL[name]}, 10, 12)
     model.train()
     tokens = torch.randint(0, 10, (4, 12))
     activity = unit_activity(model, tokens)
@@ -59,7 +62,7 @@ def test_unit_activity_and_probe_all(name):
         assert activity[layer.name].shape == (layer.n_units,)
         assert not layer.act._forward_hooks  # hooks removed
     assert model.training  # mode restored
-    if name != "transformer":  # here the last unit layer's activations are the features
+    if name in ("mlp", "lstm"):  # here the last unit layer's activations are the features
         with torch.no_grad():
             expected = model.eval().features(tokens).abs().double().mean((0, 1))
         torch.testing.assert_close(activity[layers[-1].name], expected)

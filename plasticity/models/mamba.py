@@ -1,0 +1,200 @@
+"""A selective state-space model (Mamba, Gu & Dao 2023) in plain PyTorch: no compiled extension, CPU or CUDA.
+
+Each layer is a pre-norm residual block `x + Mixer(LayerNorm(x))`; the mixer is Mamba's gated block:
+
+    x, z   = in_x(u), in_z(u)                        two projections d_model -> d_inner = expand * d_model
+    x      = SiLU(causal depthwise conv1d(x))        kernel d_conv, left-padded: no look-ahead
+    Δ, B, C = softplus(dt(x_proj_Δ(x))), x_proj_B(x), x_proj_C(x)      input-dependent (selective)
+    h_t    = exp(Δ_t A) ⊙ h_{t-1} + Δ_t B_t x_t       per channel d a diagonal state of size d_state
+    y_t    = C_t · h_t + D ⊙ x_t
+    out    = out_proj(y ⊙ SiLU(z))
+
+with A = −exp(A_log) diagonal (initialized S4D-real: A_dn = −(n + 1)), D initialized to 1 and Δ's bias
+such that softplus(bias) is log-uniform in [1e-3, 0.1], as in the reference implementation. Where we
+differ: LayerNorm instead of RMSNorm (the `layer_norm` switch the other models have), and in_proj split in
+two Linear layers with biases so the gate's channels are hidden units (`unit_layers`: the probes count
+them as dormant, CBP/ReDo re-initialize them; re-initializing channel k zeroes its out_proj column, so the
+function is unchanged at the reset).
+
+The scan is exact and sequential (`SelectiveScan`): one position at a time, on a state [batch, d_inner,
+d_state] that stays in cache, with the backward pass written out as a reverse scan. Its cost is
+elementwise work on batch × T × d_inner × d_state numbers, which eager PyTorch cannot fuse as the
+reference CUDA kernel does (benchmarks/bench_architectures.py measures it against the LSTM).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from plasticity.models.registry import register
+from plasticity.models.units import UnitLayer, layer_norm
+from streams.checks import check_int
+
+INIT_STD = 0.02
+
+
+@dataclass
+class MambaConfig:
+    n_layers: int = 2  # residual Mamba blocks
+    d_model: int = 64  # residual stream width
+    d_state: int = 16  # N: the diagonal state per channel
+    expand: int = 2  # d_inner = expand * d_model channels in the mixer
+    d_conv: int = 4  # kernel of the causal depthwise convolution
+    dt_rank: int = 0  # rank of Δ's projection; 0: ceil(d_model / 16), as in the paper
+    layer_norm: bool = True  # false: no LayerNorm anywhere (the blocks' and the final one)
+
+    def __post_init__(self) -> None:
+        check_int("model", "n_layers", self.n_layers, 1, 1024)
+        for key in ("d_model", "d_state", "expand", "d_conv"):
+            check_int("model", key, getattr(self, key), 1)
+        check_int("model", "dt_rank", self.dt_rank, 0)
+        if not isinstance(self.layer_norm, bool):
+            raise ValueError(f"model.layer_norm={self.layer_norm!r}: must be true or false")
+
+    @property
+    def d_inner(self) -> int:
+        return self.expand * self.d_model
+
+    @property
+    def rank(self) -> int:
+        return self.dt_rank or math.ceil(self.d_model / 16)
+
+
+class SelectiveScan(torch.autograd.Function):
+    """y_t = C_t · h_t with h_t = exp(Δ_t A) ⊙ h_{t-1} + (Δ_t x_t) ⊗ B_t, h_{-1} = 0, one position at a time.
+
+    Shapes: delta, x [B, T, e]; A [e, n]; Bm, C [B, T, n]; y [B, T, e]. The state [B, e, n] of one position
+    stays in cache, and the backward pass is written out (a reverse scan) rather than recorded by autograd,
+    which would keep every per-position intermediate. Only the states h_t are stored."""
+
+    @staticmethod
+    def forward(ctx, delta, A, Bm, C, x):
+        # time-major and contiguous: each position's slice is one block of memory
+        delta, Bm, C, x = (v.transpose(0, 1).contiguous() for v in (delta, Bm, C, x))
+        T, Bsz, e = x.shape
+        dx = delta * x
+        h = x.new_zeros(Bsz, e, A.shape[1])
+        hs = x.new_empty(T, Bsz, e, A.shape[1])
+        y = x.new_empty(T, Bsz, e)
+        for t in range(T):
+            h = torch.addcmul(dx[t, :, :, None] * Bm[t, :, None, :], torch.exp(delta[t, :, :, None] * A), h,
+                              out=hs[t])
+            torch.bmm(h, C[t, :, :, None], out=y[t, :, :, None])
+        ctx.save_for_backward(delta, A, Bm, C, x, hs)
+        return y.transpose(0, 1)
+
+    @staticmethod
+    def backward(ctx, gy):
+        delta, A, Bm, C, x, hs = ctx.saved_tensors
+        gy = gy.transpose(0, 1).contiguous()
+        dx = delta * x
+        g_delta, g_dx = torch.zeros_like(delta), torch.empty_like(x)
+        g_B, g_C = torch.empty_like(Bm), torch.empty_like(C)
+        g_A = torch.zeros_like(A)
+        g_h = torch.zeros_like(hs[0])  # dL/dh_t through h_{t+1}, ..., accumulated backwards
+        for t in reversed(range(x.shape[0])):
+            g_h = torch.addcmul(g_h, gy[t, :, :, None], C[t, :, None, :])
+            torch.bmm(gy[t, :, None, :], hs[t], out=g_C[t, :, None, :])
+            torch.bmm(g_h, Bm[t, :, :, None], out=g_dx[t, :, :, None])
+            torch.bmm(dx[t, :, None, :], g_h, out=g_B[t, :, None, :])
+            decay = torch.exp(delta[t, :, :, None] * A)
+            if t > 0:  # h_t depends on exp(Δ_t A) through h_{t-1} only (h_{-1} = 0)
+                g_log = g_h * hs[t - 1] * decay  # dL/d(Δ_t A)
+                g_delta[t] = (g_log * A).sum(-1)
+                g_A += torch.einsum("ben,be->en", g_log, delta[t])
+            g_h = g_h * decay
+        g_delta += g_dx * x
+        g_dx *= delta
+        g_delta, g_B, g_C, g_dx = (v.transpose(0, 1) for v in (g_delta, g_B, g_C, g_dx))
+        return g_delta, g_A, g_B, g_C, g_dx
+
+
+def selective_scan(delta, A, Bm, C, x) -> torch.Tensor:
+    """The selective SSM's output C_t · h_t for every position (see SelectiveScan)."""
+    return SelectiveScan.apply(delta, A, Bm, C, x)
+
+
+class Mixer(nn.Module):
+    """Mamba's gated selective-SSM block, d_model -> d_model."""
+
+    def __init__(self, cfg: MambaConfig):
+        super().__init__()
+        d, e, n, r = cfg.d_model, cfg.d_inner, cfg.d_state, cfg.rank
+        self.cfg = cfg
+        self.in_x = nn.Linear(d, e)
+        self.in_z = nn.Linear(d, e)
+        self.gate = nn.SiLU()
+        self.conv = nn.Conv1d(e, e, cfg.d_conv, groups=e, padding=cfg.d_conv - 1)
+        self.x_proj = nn.Linear(e, r + 2 * n, bias=False)
+        self.dt = nn.Linear(r, e)
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(e, 1))
+        self.D = nn.Parameter(torch.ones(e))
+        self.out_proj = nn.Linear(e, d)
+        for layer in (self.in_x, self.in_z, self.out_proj):
+            nn.init.normal_(layer.weight, std=INIT_STD)
+            nn.init.zeros_(layer.bias)
+        nn.init.uniform_(self.dt.weight, -r ** -0.5, r ** -0.5)
+        with torch.no_grad():  # softplus(bias) log-uniform in [1e-3, 0.1]: the inverse softplus of such a Δ
+            dt = torch.exp(torch.rand(e) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+            self.dt.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+
+    def ssm_inputs(self, u: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """x (after conv and SiLU), z, Δ, B, C for u [B, T, d_model]."""
+        T = u.shape[1]
+        x = self.conv(self.in_x(u).transpose(1, 2))[..., :T].transpose(1, 2)
+        x = F.silu(x)
+        r, n = self.cfg.rank, self.cfg.d_state
+        dt, B, C = self.x_proj(x).split([r, n, n], dim=-1)
+        return x, self.in_z(u), F.softplus(self.dt(dt)), B, C
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        x, z, delta, B, C = self.ssm_inputs(u)
+        y = selective_scan(delta, -torch.exp(self.A_log), B, C, x) + self.D * x
+        return self.out_proj(y * self.gate(z))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: MambaConfig):
+        super().__init__()
+        self.norm = layer_norm(cfg.d_model, cfg.layer_norm)
+        self.mixer = Mixer(cfg)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.mixer(self.norm(x))
+
+
+@register
+class Mamba(nn.Module):
+    name = "mamba"
+    description = "selective state-space model (Mamba): gated blocks with an input-dependent diagonal scan"
+    Config = MambaConfig
+    width_param = "d_model"
+
+    def __init__(self, cfg: MambaConfig, vocab_size: int, max_seq_len: int):
+        super().__init__()
+        self.cfg, self.vocab_size, self.max_seq_len = cfg, vocab_size, max_seq_len
+        self.embed = nn.Embedding(vocab_size, cfg.d_model)
+        nn.init.normal_(self.embed.weight, std=INIT_STD)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = layer_norm(cfg.d_model, cfg.layer_norm)
+        self.head = nn.Linear(cfg.d_model, vocab_size)
+        nn.init.normal_(self.head.weight, std=INIT_STD)
+        nn.init.zeros_(self.head.bias)
+
+    def features(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.embed(tokens)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(tokens))
+
+    def unit_layers(self) -> list[UnitLayer]:
+        return [UnitLayer(f"block{i}.gate", b.mixer.in_z, b.mixer.gate, b.mixer.out_proj, INIT_STD)
+                for i, b in enumerate(self.blocks)]
