@@ -95,6 +95,8 @@ def main() -> None:
     ap.add_argument("--json", help="also write the table's numbers here")
     ap.add_argument("--figures", default=",".join(list(FIGURES)[:7]), help=f"comma-separated, of: {', '.join(FIGURES)}")
     args = ap.parse_args()
+    if not 0 < args.fraction <= 0.5:
+        ap.error(f"--fraction={args.fraction}: must be in (0, 0.5] (the first and the last fifth: 0.2)")
     runs = [load(p) for p in find(args.dirs)[0]]
     groups: dict[str, list] = {}
     for run in runs:

@@ -173,3 +173,27 @@ def test_setting_labels_name_what_differs_from_the_common_value():
     assert setting_labels([{"a": '"x"'}, {}]) == ["a=x", "a=unset"]
     assert flatten({"stream": {"phases": [{"tasks": 4}, {"tasks": 1}]}}) == {
         "stream.phases.0.tasks": "4", "stream.phases.1.tasks": "1"}
+
+
+def test_plasticity_decline_compares_the_first_and_the_last_phases_over_seeds(runs, tmp_path):
+    import math
+    import subprocess
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "plasticity_decline.py"
+    out = tmp_path / "decline.json"
+    root = runs[0]
+    done = subprocess.run([sys.executable, str(script), str(root), "--figures", "end-of-phase KL,gap to fresh",
+                           "--json", str(out)], capture_output=True, text=True, check=True)
+    assert "| setting | seeds | end-of-phase KL: first → last (Δ) |" in done.stdout
+    rows = {tuple(r["seeds"]): r["figures"] for r in json.loads(out.read_text())}
+    assert set(rows) == {("0", "1", "2"), ("0",)}  # the crashed run and the failed trial have no summary
+    # three phases: the first fifth of the online phases is phase 1, the last is phase 2; by hand from R(x)
+    kl = rows[("0", "1", "2")]["end-of-phase KL"]
+    assert kl["first"]["mean"] == pytest.approx(0.2) and kl["last"]["mean"] == pytest.approx(0.05 + 0.07)
+    assert kl["delta"]["mean"] == pytest.approx(-0.08)
+    assert kl["delta"]["ci95"] == pytest.approx(4.302653 * 0.02 / math.sqrt(3), rel=1e-5)  # t(0.975, 2)
+    gap = rows[("0", "1", "2")]["gap to fresh"]
+    assert gap["delta"]["mean"] == pytest.approx(0.7) and gap["delta"]["std"] == pytest.approx(0.2)
+    assert rows[("0",)]["end-of-phase KL"]["delta"]["ci95"] is None  # one seed: no interval
+    bad = subprocess.run([sys.executable, str(script), str(root), "--fraction", "0.7"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--fraction=0.7: must be in (0, 0.5]" in bad.stderr
