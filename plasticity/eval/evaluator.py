@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from plasticity.eval.calibration import CalibrationAccumulator
+from plasticity.eval.geometry import geometry_probes
 from plasticity.eval.probes import probe_all
 from plasticity.eval.rows import BY_POSITION, ROW_METRICS
 from streams import Batch, Stream
@@ -66,10 +67,15 @@ class Evaluator(pl.Callback):
         on_phase_end: Callable[[str, int, dict[int, list[float]]], None] | None = None,
         select: Callable[[int], Iterable[int]] | None = None,
         final_step: int | None = None,
+        geometry_every: int = 0,
+        geometry_size: int = 256,
     ):
         """`select(phase)`: the eval phases to evaluate while training `phase` (None: every bank); at
-        `final_step` (the unit's last step) every bank is evaluated, so the R matrix's last row is whole."""
+        `final_step` (the unit's last step) every bank is evaluated, so the R matrix's last row is whole.
+        `geometry_every` > 0: the geometry probes at the evaluations of steps that are its multiples and at
+        phase ends, on the current phase's first `geometry_size` sequences, in the current phase's row."""
         self.arm, self.stream, self.banks = arm, stream, banks
+        self.geometry_every, self.geometry_size = geometry_every, geometry_size
         self.select, self.final_step = select, final_step
         self.eval_steps = eval_steps
         self.batch_size, self.probes, self.tau = batch_size, probes, tau
@@ -97,6 +103,9 @@ class Evaluator(pl.Callback):
             tokens = self.banks[phase].tokens[: self.batch_size].to(device)
             probes = probe_all(model, tokens, self.tau, self.reference_state, self.reference_name)
             probes["grad_norm"] = grad_norm
+        geometry = {}
+        if self.geometry_every and (step % self.geometry_every == 0 or step in self.phase_ends):
+            geometry = geometry_probes(model, self.banks[phase][: self.geometry_size])
         rows = []
         for j, m in results.items():
             row = {"arm": self.arm, "step": step, "phase": phase, "eval_phase": j,
@@ -104,6 +113,8 @@ class Evaluator(pl.Callback):
             row.update({k: m[k] for k in ROW_METRICS})
             row.update({key: m[key] for key in BY_POSITION})
             row.update(probes)
+            if j == phase:
+                row.update(geometry)
             rows.append(row)
         if record:
             for r in rows:

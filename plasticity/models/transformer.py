@@ -76,16 +76,31 @@ class CausalSelfAttention(nn.Module):
             self.register_buffer("cos", cos, persistent=False)
             self.register_buffer("sin", sin, persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v [B, H, T, d_head] (rotary positions applied to q and k)."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=-1)
         q, k, v = (z.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for z in (q, k, v))
         if self.rotary:
             q, k = apply_rotary(q, self.cos, self.sin), apply_rotary(k, self.cos, self.sin)
+        return q, k, v
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.heads(x)
         y = F.scaled_dot_product_attention(
             q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
         )
-        return self.resid_dropout(self.proj(y.transpose(1, 2).reshape(B, T, C)))
+        return self.resid_dropout(self.proj(y.transpose(1, 2).reshape(x.shape)))
+
+    def explicit(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The same output with the attention pattern materialized (no dropout): for the geometry probes."""
+        q, k, v = self.heads(x)
+        T = x.shape[1]
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        attn = scores.masked_fill(~causal, float("-inf")).softmax(-1)
+        y = self.proj((attn @ v).transpose(1, 2).reshape(x.shape))
+        return y, {"q": q, "k": k, "attn": attn}
 
 
 class MLP(nn.Module):
@@ -159,6 +174,24 @@ class Transformer(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(tokens))
+
+    def internals(self, tokens: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        """Per block: q, k, the attention pattern and the residual stream after it (plasticity.eval.geometry)."""
+        T = tokens.shape[1]
+        x = self.tok_emb(tokens)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(torch.arange(T, device=tokens.device))
+        out = []
+        for block in self.blocks:
+            y, parts = block.attn.explicit(block.ln1(x))
+            x = x + y
+            x = x + block.mlp(block.ln2(x))
+            out.append({**parts, "residual": x})
+        return out
+
+    def readout(self, residual: torch.Tensor) -> torch.Tensor:
+        """Logits of a residual stream read through the final LayerNorm and the head (the logit lens)."""
+        return self.head(self.ln_f(residual))
 
     def unit_layers(self) -> list[UnitLayer]:
         return [

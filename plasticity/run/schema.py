@@ -51,6 +51,10 @@ class EvalConfig:
     adapt_tolerance_bits: float = 0.001  # ... plus this many bits
     retention_every: int = 0  # > 0: every N steps, a slice of every past phase's bank (steps/<unit>.retention.csv)
     retention_size: int = 32  # sequences per past phase and retention step
+    # > 0: the geometry probes (plasticity.eval.geometry; transformers) every N steps and at every phase end, on
+    # the first geometry_size sequences of the current phase's bank, in that phase's row; 0: off
+    geometry_every: int = 0
+    geometry_size: int = 256
 
 
 @dataclass
@@ -137,6 +141,8 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "eval.adapt_tolerance_bits": (0, math.inf, ">= 0"),
     "eval.retention_every": (0, math.inf, ">= 0"),
     "eval.retention_size": (1, math.inf, ">= 1"),
+    "eval.geometry_every": (0, math.inf, ">= 0"),
+    "eval.geometry_size": (1, math.inf, ">= 1"),
     "logger.wandb.max_step_points": (1, math.inf, ">= 1"),
     "run.checkpoint_every": (0, math.inf, ">= 0"),
     "trainer.threads": (0, 1024, "an integer in [0, 1024]"),

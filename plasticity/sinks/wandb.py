@@ -271,7 +271,8 @@ class WandbSink(RunSink):
                     data["kl_bits/current_phase"] = r["kl_bits"]
         if kls and first["arm"] != FRESH:
             data["kl_bits/mean_over_phases"] = sum(kls) / len(kls)
-        for key, value in first.items():  # probes: one value per evaluation
+        current = next((r for r in rows if r["eval_phase"] == r["phase"]), first)  # it alone has the geometry
+        for key, value in current.items():  # probes: one value per evaluation
             probe = key not in ROW_KEYS and key not in ROW_METRICS and not key.endswith("_by_position")
             if probe and is_number(value):
                 data[f"probes/{key}"] = value

@@ -1,0 +1,117 @@
+"""The geometry probes against independent computations on hand-made inputs."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from plasticity.eval.evaluator import evaluate_bank
+from plasticity.eval.geometry import (
+    attention_entropy_bits,
+    geometry_probes,
+    keys_by_token,
+    mean_abs_offdiag_cosine,
+    pca_variance,
+    spearman,
+)
+from plasticity.models import build_model
+from streams import Stream
+
+
+def test_orthogonal_keys_give_0_and_identical_keys_1():
+    assert mean_abs_offdiag_cosine(torch.eye(5)[:4] * torch.tensor([[1.0], [2.0], [-3.0], [0.5]])) == 0.0
+    assert mean_abs_offdiag_cosine(torch.tensor([1.0, -2.0, 0.5]).repeat(6, 1)) == pytest.approx(1.0)
+    # by hand: cos(e1, (e1 + e2)/sqrt2) = 1/sqrt2, the other pairs 0 -> 2 · (1/sqrt2) over 6 ordered pairs
+    v = torch.tensor([[1.0, 0, 0], [1.0, 1.0, 0], [0, 0, 1.0]])
+    assert mean_abs_offdiag_cosine(v) == pytest.approx(2 / math.sqrt(2) / 6)
+
+
+def test_keys_by_token_average_each_tokens_keys():
+    tokens = torch.tensor([[0, 2, 2], [2, 0, 5]])
+    k = torch.arange(12, dtype=torch.float64).reshape(2, 3, 2)
+    expected = torch.tensor([[(0 + 8) / 2, (1 + 9) / 2], [(2 + 4 + 6) / 3, (3 + 5 + 7) / 3], [10, 11]],
+                            dtype=torch.float64)
+    torch.testing.assert_close(keys_by_token(k, tokens), expected)
+
+
+def test_uniform_attention_over_t_positions_has_log2_t_bits():
+    T = 7
+    attn = torch.tril(torch.ones(T, T)) / torch.arange(1, T + 1)[:, None]
+    torch.testing.assert_close(attention_entropy_bits(attn), torch.log2(torch.arange(1.0, T + 1)))
+    assert attention_entropy_bits(torch.eye(T)).abs().max() == 0  # attending one position: 0 bits
+
+
+def test_a_line_plus_noise_has_the_pc1_fraction_numpy_computes():
+    rng = np.random.default_rng(0)
+    t = rng.normal(size=500)
+    x = np.outer(t, [3.0, -1.0, 2.0, 0.5]) + 0.3 * rng.normal(size=(500, 4))
+    z = (x - x.mean(0)) / x.std(0)
+    _, sv, vt = np.linalg.svd(z, full_matrices=False)
+    ev = sv ** 2
+    out = pca_variance(torch.from_numpy(x))
+    assert out["pc1"] == pytest.approx(ev[0] / ev.sum(), rel=1e-10)
+    assert out["pc12"] == pytest.approx(ev[:2].sum() / ev.sum(), rel=1e-10)
+    assert out["n90"] == int(np.searchsorted(np.cumsum(ev) / ev.sum(), 0.9) + 1)
+    assert out["pc1"] > 0.9  # the line dominates
+    coords = z @ vt[0]
+    assert np.allclose(out["pc1_coords"].numpy() * np.sign(coords @ out["pc1_coords"].numpy()), coords)
+
+
+def test_spearman_of_a_monotone_map_is_1_and_ties_share_their_rank():
+    a = torch.tensor([0.3, -1.0, 2.0, 5.0, 0.0])
+    assert spearman(a, torch.exp(3 * a)) == pytest.approx(1.0)
+    assert spearman(a, -a ** 3) == pytest.approx(-1.0)
+    # ties: ranks of [1, 2, 2, 3] are [1, 2.5, 2.5, 4]; Pearson with [1, 2, 3, 4] by hand
+    r, s = np.array([1, 2.5, 2.5, 4]), np.array([1, 2, 3, 4.0])
+    expected = ((r - r.mean()) @ (s - s.mean())) / math.sqrt(((r - r.mean()) ** 2).sum() * ((s - s.mean()) ** 2).sum())
+    assert spearman(torch.tensor([1.0, 2, 2, 3]), torch.tensor([1.0, 2, 3, 4])) == pytest.approx(expected)
+
+
+@pytest.fixture(scope="module")
+def bank():
+    stream = Stream.from_spec({"phases": [{"family": "dirichlet", "params": {"n_symbols": 5}, "steps": 1}],
+                               "eval_size": 16})
+    return stream.eval_bank(0)
+
+
+@pytest.mark.parametrize("rotary", [False, True])
+def test_the_internals_reproduce_the_model_and_the_last_logit_lens_is_its_kl(bank, rotary):
+    torch.manual_seed(0)
+    model = build_model({"name": "transformer", "n_layers": 2, "d_model": 16, "n_heads": 2, "d_ff": 32,
+                         "rotary": rotary}, bank.vocab_size, bank.tokens.shape[1]).double().eval()
+    with torch.no_grad():
+        layers = model.internals(bank.tokens)
+        torch.testing.assert_close(model.readout(layers[-1]["residual"]), model(bank.tokens))
+        assert torch.allclose(layers[0]["attn"].sum(-1), torch.ones((), dtype=torch.float64))
+        assert layers[0]["attn"].triu(1).abs().max() == 0  # causal
+    probes = geometry_probes(model, bank)
+    kl = evaluate_bank(model, bank, 64, torch.device("cpu"))["kl_bits"]
+    assert probes["logit_lens_kl_bits/layer1"] == pytest.approx(kl, rel=1e-9)
+    assert {"key_orthogonality/layer1.head1", "qk_alignment/layer0.head0", "n90/layer1"} <= set(probes)
+    assert len(probes["attention_entropy_bits_by_position/layer0"]) == bank.tokens.shape[1]
+    assert 0 <= probes["key_orthogonality"] <= 1 and 0 < probes["pc1_fraction"] <= 1
+    assert model.training is False
+
+
+def test_probes_that_do_not_apply_are_absent(bank):
+    mlp = build_model({"name": "mlp", "hidden": 8}, bank.vocab_size, bank.tokens.shape[1])
+    assert geometry_probes(mlp, bank) == {}
+
+
+def test_geometry_is_tracked_at_its_cadence_in_the_current_phases_row(tmp_path):
+    import json
+
+    from plasticity.entry import run
+    from plasticity.run.config import load_config
+
+    cfg = load_config("smoke", ["progress=false", "plots=false", "arms=[naive]", "eval.every=10",
+                                "eval.geometry_every=20", "eval.geometry_size=8"])
+    run(cfg, tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    ends = {150, 210}  # the smoke stream's phase ends
+    current = [r for r in rows if r["eval_phase"] == r["phase"]]
+    assert {r["arm"] for r in current if "key_orthogonality" in r} == {"pretrain", "naive"}
+    for r in current:
+        assert ("key_orthogonality" in r) == (r["step"] % 20 == 0 or r["step"] in ends), (r["arm"], r["step"])
+    assert not any("key_orthogonality" in r for r in rows if r["eval_phase"] != r["phase"])
