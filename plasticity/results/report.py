@@ -29,6 +29,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -114,8 +115,14 @@ def build_rows(runs: list[Run]) -> list[Row]:
         peers = [r for r in out if (r.experiment, r.arm) == key]
         for row, label in zip(peers, setting_labels([r.setting for r in peers])):
             row.label = label
-    out.sort(key=lambda r: (r.experiment, r.label))
+    out.sort(key=lambda r: (r.experiment, natural_key(r.label)))
     return out
+
+
+def natural_key(label: str) -> list[tuple]:
+    """Numbers in a label compare as numbers: tasks=16 before tasks=1024, lr=3e-4 before lr=0.001."""
+    parts = re.split(r"(-?\d+(?:\.\d+)?(?:e-?\d+)?)", label)
+    return [(0, float(p), "") if i % 2 else (1, 0.0, p) for i, p in enumerate(parts) if p]
 
 
 # ---------------------------------------------------------------------------------------------------

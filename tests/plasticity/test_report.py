@@ -197,3 +197,11 @@ def test_plasticity_decline_compares_the_first_and_the_last_phases_over_seeds(ru
     assert rows[("0",)]["end-of-phase KL"]["delta"]["ci95"] is None  # one seed: no interval
     bad = subprocess.run([sys.executable, str(script), str(root), "--fraction", "0.7"], capture_output=True, text=True)
     assert bad.returncode == 2 and "--fraction=0.7: must be in (0, 0.5]" in bad.stderr
+
+
+def test_rows_order_numbers_as_numbers():
+    from plasticity.results.report import natural_key
+
+    labels = ["tasks=1024", "tasks=16", "-", "tasks=4", "lr=0.001", "lr=3e-4", "tasks=1"]
+    assert sorted(labels, key=natural_key) == ["-", "lr=3e-4", "lr=0.001", "tasks=1", "tasks=4", "tasks=16",
+                                               "tasks=1024"]
