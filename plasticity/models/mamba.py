@@ -13,11 +13,11 @@ with A = −exp(A_log) diagonal (initialized S4D-real: A_dn = −(n + 1)), D ini
 such that softplus(bias) is log-uniform in [1e-3, 0.1], as in the reference implementation. Where we
 differ: LayerNorm instead of RMSNorm (the `layer_norm` switch the other models have), and in_proj split in
 two Linear layers with biases so the gate's channels are hidden units (`unit_layers`: the probes count
-them as dormant, CBP/ReDo re-initialize them; re-initializing channel k zeroes its out_proj column, so the
-function is unchanged at the reset).
+them as dormant, CBP/ReDo re-initialize them; a re-initialized channel's out_proj column is zeroed, so the
+new channel adds nothing until it learns).
 
 The scan is exact and sequential (`SelectiveScan`): one position at a time, on a state [batch, d_inner,
-d_state] that stays in cache, with the backward pass written out as a reverse scan. Its cost is
+d_state], with the backward pass written out as a reverse scan. Its cost is
 elementwise work on batch × T × d_inner × d_state numbers, which eager PyTorch cannot fuse as the
 reference CUDA kernel does (benchmarks/bench_architectures.py measures it against the LSTM).
 """
@@ -133,6 +133,7 @@ class Mixer(nn.Module):
         self.x_proj = nn.Linear(e, r + 2 * n, bias=False)
         self.dt = nn.Linear(r, e)
         self.A_log = nn.Parameter(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(e, 1))
+        self.A_log.no_weight_decay = True  # as in the reference implementation (plasticity.train.optim)
         self.D = nn.Parameter(torch.ones(e))
         self.out_proj = nn.Linear(e, d)
         for layer in (self.in_x, self.in_z, self.out_proj):

@@ -31,9 +31,13 @@ OPTIMIZERS = ("adamw", "sgd")
 
 def build_optimizer(model: nn.Module, optim: OptimConfig, lr: float) -> torch.optim.Optimizer:
     """AdamW (decoupled weight decay) or SGD (L2 weight decay, optional momentum); weight decay on
-    matrices only (embeddings and linear weights), not on biases and gains."""
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    matrices only (embeddings and linear weights), not on biases and gains, nor on a parameter a model marks
+    `no_weight_decay = True` (Mamba's A_log: decay would pull every state's rate toward one)."""
+    def decays(p: nn.Parameter) -> bool:
+        return p.ndim >= 2 and not getattr(p, "no_weight_decay", False)
+
+    decay = [p for p in model.parameters() if decays(p)]
+    no_decay = [p for p in model.parameters() if not decays(p)]
     groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if optim.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=optim.momentum)

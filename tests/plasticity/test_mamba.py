@@ -88,3 +88,13 @@ def test_a_re_initialized_gate_channel_contributes_nothing_until_it_learns():
     reinit_units(layer, idx, None, torch.Generator().manual_seed(1))
     assert not torch.equal(layer.in_linear.weight[idx], torch.zeros_like(layer.in_linear.weight[idx]))
     torch.testing.assert_close(model(tokens), without, rtol=1e-12, atol=1e-12)  # ... and the new ones add none
+
+
+def test_a_log_is_not_weight_decayed():
+    from plasticity.train.optim import OptimConfig, build_optimizer
+
+    model = build_model({"name": "mamba", "d_model": 8}, 7, 32)
+    groups = build_optimizer(model, OptimConfig(weight_decay=0.1), lr=1e-3).param_groups
+    decayed = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert id(model.blocks[0].mixer.A_log) not in decayed and id(model.blocks[0].mixer.in_x.weight) in decayed
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
