@@ -353,6 +353,58 @@ def probes_figure(rows: list[dict], summary: dict | None = None) -> Figure | Non
     return fig
 
 
+GEOMETRY = (  # (title, how to read it from a row with the geometry probes: plasticity.eval.geometry)
+    ("key orthogonality, layer 0\n(mean |off-diag. cos|)", lambda r: r.get("key_orthogonality")),
+    ("query-key alignment\n(mean over layers, heads)", lambda r: _mean_of(r, "qk_alignment/")),
+    ("attention entropy, bits\n(mean over layers, heads)", lambda r: _mean_of(r, "attention_entropy_bits/")),
+    ("PC1 variance fraction\n(last layer)", lambda r: r.get("pc1_fraction")),
+    ("|Spearman(PC1, posterior entropy)|\n(last layer)", lambda r: r.get("pc1_entropy_spearman")),
+    ("logit-lens KL, layer 0, bits", lambda r: r.get("logit_lens_kl_bits/layer0")),
+)
+
+
+def _mean_of(row: dict, prefix: str) -> float | None:
+    vals = [v for k, v in row.items() if k.startswith(prefix) and is_number(v)]
+    return sum(vals) / len(vals) if vals else None
+
+
+def geometry_series(rows: list[dict]) -> dict[str, list[tuple[int, dict[str, float | None]]]]:
+    """arm -> [(step, {panel title: value})] from the rows that carry the geometry probes."""
+    out: dict[str, list] = defaultdict(list)
+    for r in sorted(rows, key=lambda r: r["step"]):
+        if "key_orthogonality" in r:
+            out[r["arm"]].append((r["step"], {title: read(r) for title, read in GEOMETRY}))
+    return dict(out)
+
+
+def geometry_figure(rows: list[dict], summary: dict | None = None) -> Figure | None:
+    """The geometry probes over the stream (eval.geometry_every), one panel each, one line per arm."""
+    series = geometry_series(rows)
+    if not series:
+        return None
+    names, ends = phase_names(rows, summary), phase_ends(rows)
+    arms = [a for a in arm_order(rows, summary) if a in series]
+    colors = arm_colors(arms)
+    with matplotlib.rc_context(STYLE):
+        fig, axes = grid(len(GEOMETRY), ncols_max=3, w=2.9, h=2.2)
+        handles: dict[str, object] = {}
+        for ax, (title, _) in zip(axes, GEOMETRY):
+            for arm in arms:
+                pts = [(step, v[title]) for step, v in series[arm] if is_number(v[title])]
+                if pts:
+                    (line,) = ax.plot(*zip(*pts), color=colors[arm], lw=1.3, marker="o", ms=1.8,
+                                      ls="--" if arm == FRESH else "-")
+                    handles.setdefault(arm_label(arm), line)
+            mark_phases(ax, ends, names)
+            ax.set_title(title)
+            ax.set_xlabel("stream step")
+            ax.grid(True, alpha=0.25)
+            ax.margins(y=0.15)
+        fig.suptitle("geometry of the Bayesian inference over the stream")
+        fig_legend(fig, handles)
+    return fig
+
+
 def make_plots(run_dir: Path | str) -> list[Path]:
     """All run-level figures as PNGs under <run_dir>/plots/; returns the paths written."""
     run_dir = Path(run_dir)
@@ -369,6 +421,7 @@ def make_plots(run_dir: Path | str) -> list[Path]:
         "r_matrix.png": r_matrices_figure(summary, rows),
         "calibration.png": calibration_figure(final_rows(rows), names),
         "probes.png": probes_figure(rows, summary),
+        "geometry.png": geometry_figure(rows, summary),
         "phases.png": phase_figure(summary) if summary else None,
     }
     return [save(fig, out / name) for name, fig in figures.items() if fig is not None]

@@ -115,3 +115,14 @@ def test_geometry_is_tracked_at_its_cadence_in_the_current_phases_row(tmp_path):
     for r in current:
         assert ("key_orthogonality" in r) == (r["step"] % 20 == 0 or r["step"] in ends), (r["arm"], r["step"])
     assert not any("key_orthogonality" in r for r in rows if r["eval_phase"] != r["phase"])
+
+    from plasticity.results.plots import geometry_series, make_plots
+
+    series = geometry_series(rows)
+    step, values = series["naive"][-1]
+    last = next(r for r in current if r["arm"] == "naive" and r["step"] == step)
+    heads = [v for k, v in last.items() if k.startswith("qk_alignment/")]
+    assert step == 210 and len(heads) == 2  # 1 layer x 2 heads
+    assert values["query-key alignment\n(mean over layers, heads)"] == pytest.approx(sum(heads) / 2)
+    assert values["PC1 variance fraction\n(last layer)"] == last["pc1_fraction"]
+    assert "geometry.png" in {p.name for p in make_plots(tmp_path)}
