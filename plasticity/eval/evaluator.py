@@ -76,6 +76,7 @@ class Evaluator(pl.Callback):
         phase ends, on the current phase's first `geometry_size` sequences, in the current phase's row."""
         self.arm, self.stream, self.banks = arm, stream, banks
         self.geometry_every, self.geometry_size = geometry_every, geometry_size
+        self._geometry_keys: set[str] = set()  # the geometry's row keys seen so far (replay strips them)
         self.select, self.final_step = select, final_step
         self.eval_steps = eval_steps
         self.batch_size, self.probes, self.tau = batch_size, probes, tau
@@ -103,9 +104,17 @@ class Evaluator(pl.Callback):
             tokens = self.banks[phase].tokens[: self.batch_size].to(device)
             probes = probe_all(model, tokens, self.tau, self.reference_state, self.reference_name)
             probes["grad_norm"] = grad_norm
-        geometry = {}
-        if self.geometry_every and (step % self.geometry_every == 0 or step in self.phase_ends):
-            geometry = geometry_probes(model, self.banks[phase][: self.geometry_size])
+        # the current phase's bank at the geometry's cadence; every bank for a frozen arm's one evaluation,
+        # which `replay` then shows in the current phase's row at the cadence
+        geometry: dict[int, dict] = {}
+        if self.geometry_every and (every_bank or self._geometry_due(step)):
+            by_bank: dict[int, dict] = {}
+            for j in (results if every_bank else [phase]):
+                bank = self.banks[j]
+                if id(bank) not in by_bank:
+                    by_bank[id(bank)] = geometry_probes(model, bank[: self.geometry_size])
+                geometry[j] = by_bank[id(bank)]
+            self._geometry_keys.update(k for g in geometry.values() for k in g)
         rows = []
         for j, m in results.items():
             row = {"arm": self.arm, "step": step, "phase": phase, "eval_phase": j,
@@ -113,8 +122,7 @@ class Evaluator(pl.Callback):
             row.update({k: m[k] for k in ROW_METRICS})
             row.update({key: m[key] for key in BY_POSITION})
             row.update(probes)
-            if j == phase:
-                row.update(geometry)
+            row.update(geometry.get(j, {}))
             rows.append(row)
         if record:
             for r in rows:
@@ -122,6 +130,9 @@ class Evaluator(pl.Callback):
             self.record(step, rows)
         self.seconds += time.perf_counter() - t0
         return rows
+
+    def _geometry_due(self, step: int) -> bool:
+        return bool(self.geometry_every) and (step % self.geometry_every == 0 or step in self.phase_ends)
 
     def banks_at(self, step: int, phase: int) -> dict[int, Batch]:
         """The banks evaluated at `step` (while training `phase`): `select`'s, always the phase's own, and
@@ -152,7 +163,12 @@ class Evaluator(pl.Callback):
         the banks that step would evaluate."""
         phase = self.stream.phase_at(step - 1)
         banks = self.banks_at(step, phase)
+        due = self._geometry_due(step)
         rows = [dict(r, step=step, phase=phase) for r in rows if r["eval_phase"] in banks]
+        for r in rows:
+            if not (due and r["eval_phase"] == phase):
+                for key in self._geometry_keys:
+                    r.pop(key, None)
         for r in rows:
             self.curves[r["eval_phase"]].append((step, r["kl_bits"]))
         self.record(step, rows)

@@ -105,16 +105,20 @@ def test_geometry_is_tracked_at_its_cadence_in_the_current_phases_row(tmp_path):
     from plasticity.entry import run
     from plasticity.run.config import load_config
 
-    cfg = load_config("smoke", ["progress=false", "plots=false", "arms=[naive]", "eval.every=10",
+    cfg = load_config("smoke", ["progress=false", "plots=false", "arms=[frozen,naive]", "eval.every=10",
                                 "eval.geometry_every=20", "eval.geometry_size=8"])
     run(cfg, tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     ends = {150, 210}  # the smoke stream's phase ends
     current = [r for r in rows if r["eval_phase"] == r["phase"]]
-    assert {r["arm"] for r in current if "key_orthogonality" in r} == {"pretrain", "naive"}
+    assert {r["arm"] for r in current if "key_orthogonality" in r} == {"pretrain", "frozen", "naive"}
     for r in current:
         assert ("key_orthogonality" in r) == (r["step"] % 20 == 0 or r["step"] in ends), (r["arm"], r["step"])
     assert not any("key_orthogonality" in r for r in rows if r["eval_phase"] != r["phase"])
+    # the frozen arm's geometry is of the phase being trained (its bank), the same at every step
+    frozen = {r["key_orthogonality"] for r in current if r["arm"] == "frozen" and "key_orthogonality" in r}
+    pretrained = next(r for r in current if r["arm"] == "pretrain" and r["step"] == 150)
+    assert len(frozen) == 1 and frozen != {pretrained["key_orthogonality"]}
 
     from plasticity.results.plots import geometry_series, make_plots
 
