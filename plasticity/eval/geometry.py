@@ -10,14 +10,12 @@ The probes need a model's internals: a model offers them with `internals(tokens)
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
+from plasticity.eval.calibration import LN2, kl_nats
 from streams import Batch
 
-LOG2 = math.log(2.0)
 MAX_POSITIONS = 4096  # scored positions the PCA and the Spearman correlation use (the first ones)
 
 
@@ -31,10 +29,11 @@ def mean_abs_offdiag_cosine(vectors: torch.Tensor) -> float:
     return ((cos.sum() - cos.diagonal().sum()) / (n * (n - 1))).item()
 
 
-def attention_entropy_bits(attn: torch.Tensor) -> torch.Tensor:
-    """Entropy in bits of each attention row over the positions it attends to: [..., T, T] -> [..., T]
-    (0 · log 0 = 0, so causal rows count only s <= t; uniform over t + 1 positions gives log2(t + 1))."""
-    return -torch.special.xlogy(attn, attn).sum(-1) / LOG2
+def entropy_bits(p: torch.Tensor) -> torch.Tensor:
+    """Entropy in bits over the last axis (0 · log 0 = 0): of each attention row over the positions it
+    attends to ([..., T, T] -> [..., T]; causal rows count only s <= t, uniform over t + 1 positions gives
+    log2(t + 1)), or of the posterior at each position."""
+    return -torch.special.xlogy(p, p).sum(-1) / LN2
 
 
 def pca_variance(x: torch.Tensor, standardize: bool = True) -> dict[str, float | torch.Tensor]:
@@ -83,11 +82,6 @@ def keys_by_token(k: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return sums / counts[:, None]
 
 
-def _kl_bits(posterior: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    logq = torch.log_softmax(logits.to(torch.float64), -1)
-    return (torch.special.xlogy(posterior, posterior) - posterior * logq).sum(-1) / LOG2
-
-
 @torch.no_grad()
 def geometry_probes(model: nn.Module, bank: Batch) -> dict:
     """Every probe on `bank` (its scored positions), per layer (`layer<l>`) and head (`.head<h>`), plus the
@@ -103,11 +97,11 @@ def geometry_probes(model: nn.Module, bank: Batch) -> dict:
         layers = model.internals(tokens)
         scored = bank.scored.to(device)
         posterior = bank.posterior.to(device)
-        entropy = (-torch.special.xlogy(posterior, posterior).sum(-1) / LOG2)[scored][:MAX_POSITIONS]
+        entropy = entropy_bits(posterior)[scored][:MAX_POSITIONS]
         out: dict = {}
         for li, layer in enumerate(layers):
             q, k, attn, res = layer["q"], layer["k"], layer["attn"], layer["residual"]
-            ent = attention_entropy_bits(attn)  # [B, H, T]
+            ent = entropy_bits(attn)  # [B, H, T]
             w = scored[:, None, :].to(ent.dtype)
             qn = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
             kn = k / k.norm(dim=-1, keepdim=True).clamp_min(1e-12)
@@ -124,8 +118,8 @@ def geometry_probes(model: nn.Module, bank: Batch) -> dict:
             out[f"pc1_fraction/layer{li}"], out[f"pc12_fraction/layer{li}"] = pca["pc1"], pca["pc12"]
             out[f"n90/layer{li}"] = pca["n90"]
             out[f"pc1_entropy_spearman/layer{li}"] = abs(spearman(pca["pc1_coords"].cpu(), entropy.cpu()))
-            lens = _kl_bits(posterior[scored], model.readout(res)[scored])
-            out[f"logit_lens_kl_bits/layer{li}"] = lens.mean().item()
+            logq = torch.log_softmax(model.readout(res)[scored].to(torch.float64), -1)
+            out[f"logit_lens_kl_bits/layer{li}"] = (kl_nats(posterior[scored], logq).mean() / LN2).item()
         heads = [v for key, v in out.items() if key.startswith("key_orthogonality/layer0.")]
         last = len(layers) - 1
         out["key_orthogonality"] = sum(heads) / len(heads)

@@ -319,6 +319,21 @@ def probe_series(rows: list[dict]) -> dict[str, dict[str, list[tuple[int, float]
     return {a: dict(v) for a, v in out.items()}
 
 
+def _arm_panel(ax, lines: dict[str, list[tuple[int, float]] | None], colors: dict, handles: dict,
+               ends: dict[int, int], names: list[str], title: str) -> None:
+    """One panel of a quantity over the stream: a line per arm (fresh learners dashed), phase boundaries."""
+    for arm, pts in lines.items():
+        if pts:
+            (line,) = ax.plot(*zip(*pts), color=colors[arm], lw=1.3, marker="o", ms=1.8,
+                              ls="--" if arm == FRESH else "-")
+            handles.setdefault(arm_label(arm), line)
+    mark_phases(ax, ends, names)
+    ax.set_title(title)
+    ax.set_xlabel("stream step")
+    ax.grid(True, alpha=0.25)
+    ax.margins(y=0.15)
+
+
 def probes_figure(rows: list[dict], summary: dict | None = None) -> Figure | None:
     """(d) Probes over the stream, one panel per probe, one line per arm."""
     series = probe_series(rows)
@@ -332,20 +347,10 @@ def probes_figure(rows: list[dict], summary: dict | None = None) -> Figure | Non
         fig, axes = grid(len(keys), ncols_max=3, w=2.9, h=2.2)
         handles: dict[str, object] = {}
         for ax, (key, title, ylabel) in zip(axes, keys):
-            for arm in arms:
-                pts = series[arm].get(key)
-                if pts:
-                    s, v = zip(*pts)
-                    (line,) = ax.plot(s, v, color=colors[arm], lw=1.3, marker="o", ms=1.8,
-                                      ls="--" if arm == FRESH else "-")
-                    handles.setdefault(arm_label(arm), line)
-            mark_phases(ax, ends, names)
-            ax.set_title(title if key != "distance" else "distance from reference\n"
-                         "(init for pretraining, pretrained weights for arms)")
-            ax.set_xlabel("stream step")
+            _arm_panel(ax, {arm: series[arm].get(key) for arm in arms}, colors, handles, ends, names,
+                       title if key != "distance" else "distance from reference\n"
+                       "(init for pretraining, pretrained weights for arms)")
             ax.set_ylabel(ylabel)
-            ax.grid(True, alpha=0.25)
-            ax.margins(y=0.15)
             if key == "dormant_frac":
                 ax.set_ylim(-0.02, max(0.1, ax.get_ylim()[1]))
         fig.suptitle("probes over the stream")
@@ -389,17 +394,8 @@ def geometry_figure(rows: list[dict], summary: dict | None = None) -> Figure | N
         fig, axes = grid(len(GEOMETRY), ncols_max=3, w=2.9, h=2.2)
         handles: dict[str, object] = {}
         for ax, (title, _) in zip(axes, GEOMETRY):
-            for arm in arms:
-                pts = [(step, v[title]) for step, v in series[arm] if is_number(v[title])]
-                if pts:
-                    (line,) = ax.plot(*zip(*pts), color=colors[arm], lw=1.3, marker="o", ms=1.8,
-                                      ls="--" if arm == FRESH else "-")
-                    handles.setdefault(arm_label(arm), line)
-            mark_phases(ax, ends, names)
-            ax.set_title(title)
-            ax.set_xlabel("stream step")
-            ax.grid(True, alpha=0.25)
-            ax.margins(y=0.15)
+            lines = {arm: [(step, v[title]) for step, v in series[arm] if is_number(v[title])] for arm in arms}
+            _arm_panel(ax, lines, colors, handles, ends, names, title)
         fig.suptitle("geometry of the Bayesian inference over the stream")
         fig_legend(fig, handles)
     return fig

@@ -8,7 +8,7 @@ import torch
 
 from plasticity.eval.evaluator import evaluate_bank
 from plasticity.eval.geometry import (
-    attention_entropy_bits,
+    entropy_bits,
     geometry_probes,
     keys_by_token,
     mean_abs_offdiag_cosine,
@@ -38,8 +38,8 @@ def test_keys_by_token_average_each_tokens_keys():
 def test_uniform_attention_over_t_positions_has_log2_t_bits():
     T = 7
     attn = torch.tril(torch.ones(T, T)) / torch.arange(1, T + 1)[:, None]
-    torch.testing.assert_close(attention_entropy_bits(attn), torch.log2(torch.arange(1.0, T + 1)))
-    assert attention_entropy_bits(torch.eye(T)).abs().max() == 0  # attending one position: 0 bits
+    torch.testing.assert_close(entropy_bits(attn), torch.log2(torch.arange(1.0, T + 1)))
+    assert entropy_bits(torch.eye(T)).abs().max() == 0  # attending one position: 0 bits
 
 
 def test_a_line_plus_noise_has_the_pc1_fraction_numpy_computes():
