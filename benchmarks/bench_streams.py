@@ -57,6 +57,9 @@ CASES = [
      lambda f: lambda tok: ref.hmm_posterior(tok, f.n_states, f.n_symbols, round(1 / f.grid))),
     ("changepoint", "changepoint", {}, ref.sample_changepoint, {},
      lambda f: lambda tok: ref.changepoint_posterior(tok, np.full(f.n_symbols, float(f.alpha)), f.hazard)),
+    ("causal (3 nodes x 3 values x 8 rows)", "causal", {"n_nodes": 3, "n_values": 3, "n_rows": 8}, ref.sample_causal,
+     {"n_nodes": 3, "n_values": 3, "n_rows": 8},
+     lambda f: lambda tok: ref.causal_posterior(tok, f.n_nodes, f.n_values, f.alpha)),
 ]
 
 

@@ -260,3 +260,98 @@ def sample_changepoint(batch_size: int, rng: np.random.Generator, n_symbols: int
         post, scored = changepoint_posterior(tokens, a, hazard)
         rows.append((tokens, post, scored))
     return _stack(rows)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Causal: [marker x_1..x_n] × rows; values 0..K-1, OBS K, DO(j, v) K+1+j·K+v; BDeu tables; every DAG.
+
+
+def _dags(n: int) -> list[list[list[int]]]:
+    """Every DAG on n nodes as parent lists, by trying every edge set and keeping the acyclic ones."""
+    pairs = [(i, j) for i in range(n) for j in range(n) if i != j]
+    out = []
+    for mask in range(1 << len(pairs)):
+        parents = [[i for b, (i, j) in enumerate(pairs) if mask >> b & 1 and j == k] for k in range(n)]
+        order, left = [], set(range(n))
+        while left:
+            ready = [k for k in left if all(p in order for p in parents[k])]
+            if not ready:
+                break
+            order += ready
+            left -= set(ready)
+        if not left:
+            out.append(parents)
+    return out
+
+
+def causal_posterior(tokens, n_nodes: int, n_values: int, alpha: float):
+    """Per DAG: Dirichlet counts per (node, parent values) and the log-likelihood of the rows so far; per
+    row, each DAG's joint over all assignments (numpy), mixed by the DAG weights and conditioned value by value."""
+    n, K = n_nodes, n_values
+    dags = _dags(n)
+    T = len(tokens)
+    post = np.zeros((T, K + 1 + n * K))
+    scored = np.zeros(T, dtype=bool)
+    grid = np.array(list(np.ndindex(*[K] * n)))  # [K^n, n]
+    # dag -> node -> counts [K] * n_parents + [K]
+    counts = [[np.zeros([K] * len(parents[k]) + [K]) for k in range(n)] for parents in dags]
+    loglik = np.zeros(len(dags))
+    for r in range(0, T, n + 1):
+        marker, x = int(tokens[r]), [int(t) for t in tokens[r + 1 : r + n + 1]]
+        j, v = (-1, -1) if marker == K else divmod(marker - K - 1, K)
+        joints = np.ones((len(dags), len(grid)))
+        for g, parents in enumerate(dags):
+            for k in range(n):
+                if k != j:
+                    a = alpha / K ** len(parents[k])
+                    cfg = tuple(grid[:, parents[k]].T)
+                    c = counts[g][k]
+                    joints[g] *= (c[cfg + (grid[:, k],)] + a) / (c.sum(-1)[cfg] + K * a)
+        w = np.exp(loglik - loglik.max())
+        mix = (w[:, None] * joints).sum(0) / w.sum()
+        if j >= 0:
+            mix = mix * (grid[:, j] == v)
+        for i in range(n):
+            if i == j:
+                continue
+            keep = np.all(grid[:, :i] == x[:i], axis=1)
+            p = np.array([mix[keep & (grid[:, i] == u)].sum() for u in range(K)])
+            post[r + i, :K] = p / p.sum()
+            scored[r + i] = True
+        observed = int(np.ravel_multi_index(x, [K] * n))
+        for g, parents in enumerate(dags):
+            loglik[g] += np.log(joints[g][observed])
+            for k in range(n):
+                if k != j:
+                    counts[g][k][tuple(x[p] for p in parents[k]) + (x[k],)] += 1
+    return post, scored
+
+
+def sample_causal(batch_size: int, rng: np.random.Generator, n_nodes: int = 3, n_values: int = 3, n_rows: int = 8,
+                  alpha: float = 1.0, p_intervene: float = 0.5):
+    n, K = n_nodes, n_values
+    dags = _dags(n)
+    rows = []
+    for _ in range(batch_size):
+        parents = dags[rng.integers(len(dags))]
+        tables = [{} for _ in range(n)]
+        tokens = []
+        for _ in range(n_rows):
+            do = rng.random() < p_intervene
+            j, v = int(rng.integers(n)), int(rng.integers(K))
+            x = [None] * n
+            while None in x:  # ancestral order: a node once its parents have values
+                for k in range(n):
+                    if x[k] is None and all(x[p] is not None for p in parents[k]):
+                        if do and k == j:
+                            x[k] = v
+                            continue
+                        key = tuple(x[p] for p in parents[k])
+                        if key not in tables[k]:
+                            tables[k][key] = rng.dirichlet(np.full(K, alpha / K ** len(parents[k])))
+                        x[k] = int(min(np.searchsorted(np.cumsum(tables[k][key]), rng.random()), K - 1))
+            tokens += [K + 1 + j * K + v if do else K, *x]
+        tokens = np.array(tokens, dtype=np.int64)
+        post, scored = causal_posterior(tokens, n, K, alpha)
+        rows.append((tokens, post, scored))
+    return _stack(rows)

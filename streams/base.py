@@ -18,6 +18,8 @@ import torch
 from streams.checks import did_you_mean
 from streams.registry import Registry, field_defaults
 
+GROUP_MASK_PREFIX = "scored_"
+
 
 @dataclass
 class Batch:
@@ -28,6 +30,9 @@ class Batch:
     `general`, for sequences drawn from a finite task pool (streams.pool), is the posterior under the
     family's own prior — what an in-context learner that ignores the pool predicts — while `posterior` is
     the exact one, under the pool; None when the two are the same.
+    A latent named `scored_<group>` (GROUP_MASK_PREFIX) is a bool mask [B, T] of a subset of `scored` that
+    evaluations report on its own, as `kl_bits_<group>` (the causal family's observational and
+    interventional values); padding pads it with False.
     """
 
     tokens: torch.Tensor  # long [B, T]

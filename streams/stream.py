@@ -19,7 +19,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from streams.base import Batch, Family, family_class, make
+from streams.base import GROUP_MASK_PREFIX, Batch, Family, family_class, make
 from streams.checks import MAX_SIZE, did_you_mean
 from streams.pool import TaskPool
 from streams.seeding import make_generator
@@ -337,7 +337,11 @@ class Stream:
         out_tokens[:, :T] = tokens + o
         scored = b.scored.new_zeros(B, length)
         scored[:, :T] = b.scored
-        return Batch(out_tokens, place(b.posterior), scored, dict(b.latent), place(b.general))
+        latent = dict(b.latent)
+        for key in [k for k in latent if k.startswith(GROUP_MASK_PREFIX)]:  # token masks pad like `scored`
+            latent[key] = scored.new_zeros(B, length)
+            latent[key][:, :T] = b.latent[key]
+        return Batch(out_tokens, place(b.posterior), scored, latent, place(b.general))
 
     # --- reporting ---------------------------------------------------------------------------------
 

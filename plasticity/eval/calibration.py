@@ -74,10 +74,13 @@ class CalibrationAccumulator:
         self.bin_count = z(ECE_BINS)
         self.bin_conf = z(ECE_BINS)
         self.bin_acc = z(ECE_BINS)
+        self.groups: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # group -> (KL sums, counts) per position
 
     @torch.no_grad()
     def update(self, logits: torch.Tensor, posterior: torch.Tensor, scored: torch.Tensor,
-               tokens: torch.Tensor, general: torch.Tensor | None = None) -> None:
+               tokens: torch.Tensor, general: torch.Tensor | None = None,
+               groups: dict[str, torch.Tensor] | None = None) -> None:
+        """`groups`: name -> bool mask [B, T] of a subset of the scored tokens, each reported on its own."""
         B, T, V = logits.shape
         if posterior.shape != (B, T, V) or scored.shape != (B, T) or tokens.shape != (B, T):
             raise ValueError(
@@ -102,6 +105,11 @@ class CalibrationAccumulator:
                 self.kl_general = torch.zeros_like(self.kl)
             g = general.to(device=logits.device, dtype=torch.float64)
             self.kl_general[:T] += (kl_nats(g, logq) * m).sum(0).cpu()
+        for name, where in (groups or {}).items():
+            g = (where.to(mask.device) & mask).to(torch.float64)
+            kl_sum, count = self.groups.setdefault(name, (torch.zeros_like(self.kl), torch.zeros_like(self.count)))
+            kl_sum[:T] += (kl * g).sum(0).cpu()
+            count[:T] += g.sum(0).cpu()
         self.h_model[:T] += (h_model * m).sum(0).cpu()
         self.h_post[:T] += (h_post * m).sum(0).cpu()
 
@@ -135,7 +143,13 @@ class CalibrationAccumulator:
             "kl_bits_general_by_position": by_position(self.kl_general) if self.kl_general is not None else None,
             "model_entropy_bits_by_position": by_position(self.h_model),
             "posterior_entropy_bits_by_position": by_position(self.h_post),
+            "groups": {},  # kl_bits_<group> and its curve, for each token group (None where it has no token)
         }
+        for name, (kl_sum, count) in sorted(self.groups.items()):
+            total = count.sum().item()
+            per = (kl_sum / count.clamp(min=1) / LN2).tolist()
+            out["groups"][f"kl_bits_{name}"] = kl_sum.sum().item() / total / LN2 if total else None
+            out["groups"][f"kl_bits_{name}_by_position"] = [v if c else None for v, c in zip(per, count.tolist())]
         if n == 0:
             keys = ("kl_bits", "entropy_gap_bits", "nll_bits", "bayes_nll_bits", "nll_gap_se_bits", "ece",
                     "kl_bits_general")

@@ -18,6 +18,7 @@ from plasticity.eval.geometry import geometry_probes
 from plasticity.eval.probes import probe_all
 from plasticity.eval.rows import BY_POSITION, ROW_METRICS
 from streams import Batch, Stream
+from streams.base import GROUP_MASK_PREFIX
 
 
 @torch.no_grad()
@@ -29,8 +30,10 @@ def evaluate_bank(model: nn.Module, bank: Batch, batch_size: int, device: torch.
         for i in range(0, len(bank), batch_size):
             chunk = bank[i : i + batch_size]
             logits = model(chunk.tokens.to(device))
+            groups = {k.removeprefix(GROUP_MASK_PREFIX): v for k, v in chunk.latent.items()
+                      if k.startswith(GROUP_MASK_PREFIX)}
             acc.update(logits, chunk.posterior.to(device), chunk.scored.to(device), chunk.tokens.to(device),
-                       None if chunk.general is None else chunk.general.to(device))
+                       None if chunk.general is None else chunk.general.to(device), groups)
     finally:
         model.train(was_training)
     return acc.compute()
@@ -121,6 +124,7 @@ class Evaluator(pl.Callback):
                    "eval_phase_name": self.stream.phases[j].name}
             row.update({k: m[k] for k in ROW_METRICS})
             row.update({key: m[key] for key in BY_POSITION})
+            row.update(m["groups"])
             row.update(probes)
             row.update(geometry.get(j, {}))
             rows.append(row)

@@ -23,7 +23,7 @@ import yaml
 
 from plasticity.eval.rows import FRESH_ARM as FRESH
 from plasticity.eval.rows import PRETRAIN_ARM as PRETRAIN
-from plasticity.eval.rows import ROW_KEYS, ROW_METRICS
+from plasticity.eval.rows import ROW_KEYS, ROW_METRICS, is_group_metric
 from plasticity.run.rundir import git_commit
 from plasticity.run.sinks import RunSink
 from streams.checks import is_number
@@ -262,7 +262,7 @@ class WandbSink(RunSink):
         kls = []
         for r in rows:
             name = self._phase_name(r["eval_phase"])
-            for key in ROW_METRICS:
+            for key in [*ROW_METRICS, *filter(is_group_metric, r)]:
                 if is_number(r.get(key)):
                     data[f"{key}/{name}"] = r[key]
             if is_number(r.get("kl_bits")):
@@ -273,7 +273,8 @@ class WandbSink(RunSink):
             data["kl_bits/mean_over_phases"] = sum(kls) / len(kls)
         current = next((r for r in rows if r["eval_phase"] == r["phase"]), first)  # it alone has the geometry
         for key, value in current.items():  # probes: one value per evaluation
-            probe = key not in ROW_KEYS and key not in ROW_METRICS and not key.endswith("_by_position")
+            probe = (key not in ROW_KEYS and key not in ROW_METRICS and not is_group_metric(key)
+                     and not key.endswith("_by_position"))
             if probe and is_number(value):
                 data[f"probes/{key}"] = value
         return data

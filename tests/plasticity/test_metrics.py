@@ -126,3 +126,36 @@ def test_empty_and_shape_errors():
     with pytest.raises(ValueError, match="shapes disagree"):
         calibration(torch.zeros(1, 3, 4), torch.zeros(1, 3, 5), torch.zeros(1, 3, dtype=torch.bool),
                     torch.zeros(1, 3, dtype=torch.long))
+
+
+def test_token_groups_report_their_own_kl():
+    # Two sequences, one scored position each: KLs 0.5·log2(25/9) and 0 (identical); a group holding only the
+    # first, one holding only the second, one with no token (None, not 0).
+    logits, posterior, scored, tokens = one_position([[0.5, 0.5], [0.3, 0.7]], [[0.9, 0.1], [0.3, 0.7]], [1, 0])
+    acc = CalibrationAccumulator(2)
+    first = torch.tensor([[True, True], [False, False]])  # the unscored position 1 never counts
+    none = torch.zeros(2, 2, dtype=torch.bool)
+    acc.update(logits, posterior, scored, tokens, groups={"a": first, "b": ~first, "none": none})
+    m = acc.compute()
+    assert m["groups"]["kl_bits_a"] == pytest.approx(0.5 * math.log2(25 / 9), abs=1e-12)
+    assert m["groups"]["kl_bits_b"] == pytest.approx(0.0, abs=1e-12)
+    assert m["groups"]["kl_bits_none"] is None
+    assert m["groups"]["kl_bits_a_by_position"] == [pytest.approx(0.5 * math.log2(25 / 9)), None]
+    assert m["kl_bits"] == pytest.approx(0.25 * math.log2(25 / 9), abs=1e-12)
+
+
+def test_an_eval_bank_reports_its_token_groups():
+    from plasticity.eval.evaluator import evaluate_bank
+    from streams import make
+
+    bank = make("causal", n_nodes=3, n_values=2, n_rows=4).sample(40, torch.Generator().manual_seed(0))
+    model = torch.nn.Sequential(torch.nn.Embedding(bank.vocab_size, 8), torch.nn.Linear(8, bank.vocab_size))
+    m = evaluate_bank(model, bank, batch_size=16, device=torch.device("cpu"))
+    n_obs, n_do = int(bank.latent["scored_obs"].sum()), int(bank.latent["scored_do"].sum())
+    assert n_obs > 0 and n_do > 0
+    # The groups split the scored tokens, so their token-weighted mean is the overall KL.
+    mixed = (m["groups"]["kl_bits_obs"] * n_obs + m["groups"]["kl_bits_do"] * n_do) / (n_obs + n_do)
+    assert mixed == pytest.approx(m["kl_bits"], rel=1e-12)
+    with torch.no_grad():
+        whole = calibration(model(bank.tokens), bank.posterior, bank.latent["scored_do"], bank.tokens)
+    assert m["groups"]["kl_bits_do"] == pytest.approx(whole["kl_bits"], rel=1e-12)

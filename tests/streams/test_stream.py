@@ -315,3 +315,15 @@ def test_load_stream_from_yaml_file(tmp_path):
     path.write_text("phases:\n  - {family: dirichlet, steps: 3}\ntransition: smooth\n")
     with pytest.raises(ValueError, match=r"^stream\.transition='smooth'"):
         load_stream(path)
+
+
+def test_token_group_masks_pad_with_the_batch():
+    # A causal phase (T 12) beside a longer Dirichlet one (T 21): its padded batches keep masks of the
+    # stream's length that still split `scored` exactly.
+    causal = {"family": "causal", "params": {"n_nodes": 2, "n_values": 2, "n_rows": 4}, "steps": 2}
+    s = Stream.from_spec({"phases": [causal, dirichlet(steps=2, params={"length": 20})], "batch_size": 16})
+    b = s.batch(0)
+    assert b.tokens.shape == (16, 21)
+    obs, do = b.latent["scored_obs"], b.latent["scored_do"]
+    assert obs.shape == do.shape == b.scored.shape and torch.equal(obs | do, b.scored) and not (obs & do).any()
+    assert not b.scored[:, 12:].any()
