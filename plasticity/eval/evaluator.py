@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from plasticity.eval.calibration import CalibrationAccumulator
-from plasticity.eval.geometry import geometry_probes
+from plasticity.eval.geometry import geometry_probes, manifold
 from plasticity.eval.probes import probe_all
 from plasticity.eval.rows import BY_POSITION, ROW_METRICS
 from streams import Batch, Stream
@@ -72,14 +72,18 @@ class Evaluator(pl.Callback):
         final_step: int | None = None,
         geometry_every: int = 0,
         geometry_size: int = 256,
+        write_manifold: Callable[[str, int, dict], None] | None = None,
     ):
         """`select(phase)`: the eval phases to evaluate while training `phase` (None: every bank); at
         `final_step` (the unit's last step) every bank is evaluated, so the R matrix's last row is whole.
         `geometry_every` > 0: the geometry probes at the evaluations of steps that are its multiples and at
-        phase ends, on the current phase's first `geometry_size` sequences, in the current phase's row."""
+        phase ends, on the current phase's first `geometry_size` sequences, in the current phase's row; and at
+        each phase end `write_manifold(arm, phase, data)` gets the manifold figure's data on that bank."""
         self.arm, self.stream, self.banks = arm, stream, banks
         self.geometry_every, self.geometry_size = geometry_every, geometry_size
         self._geometry_keys: set[str] = set()  # the geometry's row keys seen so far (replay strips them)
+        self.write_manifold = write_manifold
+        self._manifolds: dict[int, dict | None] = {}  # a frozen arm's, per bank, for `replay` at phase ends
         self.select, self.final_step = select, final_step
         self.eval_steps = eval_steps
         self.batch_size, self.probes, self.tau = batch_size, probes, tau
@@ -118,6 +122,11 @@ class Evaluator(pl.Callback):
                     by_bank[id(bank)] = geometry_probes(model, bank[: self.geometry_size])
                 geometry[j] = by_bank[id(bank)]
             self._geometry_keys.update(k for g in geometry.values() for k in g)
+            if self.write_manifold is not None and (every_bank or step in self.phase_ends):
+                for j in (results if every_bank else [phase]):
+                    self._manifolds[j] = manifold(model, self.banks[j][: self.geometry_size])
+                if record and step in self.phase_ends:
+                    self._write_manifold(phase)
         rows = []
         for j, m in results.items():
             row = {"arm": self.arm, "step": step, "phase": phase, "eval_phase": j,
@@ -134,6 +143,11 @@ class Evaluator(pl.Callback):
             self.record(step, rows)
         self.seconds += time.perf_counter() - t0
         return rows
+
+    def _write_manifold(self, phase: int) -> None:
+        data = self._manifolds.get(phase)
+        if data is not None and self.write_manifold is not None:
+            self.write_manifold(self.arm, phase, data)
 
     def _geometry_due(self, step: int) -> bool:
         return bool(self.geometry_every) and (step % self.geometry_every == 0 or step in self.phase_ends)
@@ -176,6 +190,8 @@ class Evaluator(pl.Callback):
         for r in rows:
             self.curves[r["eval_phase"]].append((step, r["kl_bits"]))
         self.record(step, rows)
+        if step in self.phase_ends:
+            self._write_manifold(phase)
 
     def state_dict(self) -> dict:
         return {"R": {int(k): list(v) for k, v in self.R.items()},

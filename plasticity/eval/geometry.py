@@ -49,7 +49,8 @@ def pca_variance(x: torch.Tensor, standardize: bool = True) -> dict[str, float |
     frac = var / var.sum().clamp_min(1e-300)
     cum = frac.cumsum(0)
     return {"pc1": frac[0].item(), "pc12": cum[min(1, len(cum) - 1)].item(),
-            "n90": int((cum < 0.9 - 1e-12).sum().item()) + 1, "pc1_coords": x @ vt[0]}
+            "n90": int((cum < 0.9 - 1e-12).sum().item()) + 1, "pc1_coords": x @ vt[0],
+            "pc2_coords": x @ vt[1] if len(vt) > 1 else torch.zeros_like(x[:, 0])}
 
 
 def ranks(values: torch.Tensor) -> torch.Tensor:
@@ -126,5 +127,34 @@ def geometry_probes(model: nn.Module, bank: Batch) -> dict:
         out["pc1_fraction"] = out[f"pc1_fraction/layer{last}"]
         out["pc1_entropy_spearman"] = out[f"pc1_entropy_spearman/layer{last}"]
         return out
+    finally:
+        model.train(was_training)
+
+
+MANIFOLD_POINTS = 1024  # scored positions drawn in the manifold figure
+
+
+@torch.no_grad()
+def manifold(model: nn.Module, bank: Batch, points: int = MANIFOLD_POINTS) -> dict | None:
+    """The paper's manifold figure's data: the last layer's representation at the first `points` scored
+    positions of `bank` on its first two principal components (z-scored, as `pca_variance`), with the exact
+    posterior's entropy there; PC1 is sign-aligned so that it grows with the entropy. None without
+    `internals`."""
+    if not hasattr(model, "internals"):
+        return None
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        scored = bank.scored.to(device)
+        res = model.internals(bank.tokens.to(device))[-1]["residual"][scored][:points]
+        entropy = entropy_bits(bank.posterior.to(device))[scored][:points].cpu()
+        pca = pca_variance(res)
+        pc1, pc2 = pca["pc1_coords"].cpu(), pca["pc2_coords"].cpu()
+        rho = spearman(pc1, entropy)
+        if rho < 0:
+            pc1, rho = -pc1, -rho
+        return {"pc1": pc1.tolist(), "pc2": pc2.tolist(), "entropy_bits": entropy.tolist(),
+                "pc1_fraction": pca["pc1"], "pc12_fraction": pca["pc12"], "pc1_entropy_spearman": rho}
     finally:
         model.train(was_training)

@@ -6,6 +6,7 @@ Everything here reads only the run directory, so a plot can be redrawn for any f
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -401,6 +402,60 @@ def geometry_figure(rows: list[dict], summary: dict | None = None) -> Figure | N
     return fig
 
 
+MANIFOLD_ARMS = ("frozen", "naive")  # the figure's columns, when the run has them (else its first two arms)
+
+
+def read_manifolds(run_dir: Path) -> dict[tuple[str, int], dict]:
+    """(arm, phase) -> the manifold data written at that phase's end (RunDir.write_manifold); phase 0's is
+    the shared pretraining's, shown for every arm."""
+    out = {}
+    for path in sorted((run_dir / "geometry").glob("*@*.json")):
+        arm, _, phase = path.stem.rpartition("@")
+        try:
+            out[(arm, int(phase))] = json.loads(path.read_text())
+        except (ValueError, json.JSONDecodeError):
+            continue  # a half-written file cannot exist (atomic writes), but a stray one is skipped
+    return out
+
+
+def manifold_figure(manifolds: dict[tuple[str, int], dict], names: list[str]) -> Figure | None:
+    """The paper's manifold figure at each phase end: the last layer's representation on its first two
+    principal components, one point per scored position, coloured by the exact posterior's entropy; one row
+    per phase, one column per arm (frozen and naive)."""
+    arms = [a for a in dict.fromkeys(a for a, _ in manifolds) if a != PRETRAIN]
+    arms = [a for a in MANIFOLD_ARMS if a in arms] or arms[:2]
+    phases = sorted({p for _, p in manifolds})
+    if not arms or not phases:
+        return None
+    if len(phases) > MANY_PHASES:  # long streams: evenly spaced phase ends, the last included
+        phases = [phases[round(i * (len(phases) - 1) / (MANY_PHASES - 1))] for i in range(MANY_PHASES)]
+    top = max((max(m["entropy_bits"], default=0.0) for m in manifolds.values()), default=1.0) or 1.0
+    norm = mcolors.Normalize(0.0, top)
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(3.0 * len(arms) + 0.8, 2.5 * len(phases)), dpi=DPI, layout="constrained")
+        axes = np.asarray(fig.subplots(len(phases), len(arms), squeeze=False))
+        points = None
+        for i, phase in enumerate(phases):
+            for c, arm in enumerate(arms):
+                ax = axes[i, c]
+                m = manifolds.get((arm, phase)) or manifolds.get((PRETRAIN, phase))
+                if m is None:
+                    ax.set_axis_off()
+                    continue
+                points = ax.scatter(m["pc1"], m["pc2"], c=m["entropy_bits"], s=4, cmap="viridis", norm=norm,
+                                    linewidths=0)
+                name = names[phase] if phase < len(names) else phase
+                ax.set_title(f"{arm_label(arm)} · end of {name}\n"
+                             f"PC1 {100 * m['pc1_fraction']:.0f}%, PC1+2 {100 * m['pc12_fraction']:.0f}%, "
+                             f"|ρ(PC1, H)| {m['pc1_entropy_spearman']:.2f}", fontsize=8)
+                ax.set_xlabel("PC1", fontsize=8)
+                ax.set_ylabel("PC2", fontsize=8)
+        if points is not None:
+            fig.colorbar(points, ax=axes, shrink=0.6, label="posterior entropy, bits")
+        fig.suptitle("the representation's manifold at each phase end (last layer, PCA)")
+    return fig
+
+
 def make_plots(run_dir: Path | str) -> list[Path]:
     """All run-level figures as PNGs under <run_dir>/plots/; returns the paths written."""
     run_dir = Path(run_dir)
@@ -418,6 +473,7 @@ def make_plots(run_dir: Path | str) -> list[Path]:
         "calibration.png": calibration_figure(final_rows(rows), names),
         "probes.png": probes_figure(rows, summary),
         "geometry.png": geometry_figure(rows, summary),
+        "manifold.png": manifold_figure(read_manifolds(run_dir), names),
         "phases.png": phase_figure(summary) if summary else None,
     }
     return [save(fig, out / name) for name, fig in figures.items() if fig is not None]

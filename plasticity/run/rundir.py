@@ -33,6 +33,7 @@ class RunDir:
         self.read_only = read_only
         self.checkpoints = self.path / "checkpoints"
         self.steps = self.path / "steps"  # per-step records of every unit (plasticity.run.steplog)
+        self.geometry = self.path / "geometry"  # the manifold figure's data: <arm>@<phase>.json
         self.metrics_path = self.path / "metrics.jsonl"
         self.summary_path = self.path / "summary.json"
         self.config_path = self.path / "config.yaml"
@@ -66,6 +67,12 @@ class RunDir:
         text = self.metrics_path.read_text()
         lines = [line for line in text.splitlines() if line.strip()]
         return (bool(text) and not text.endswith("\n")) or len(lines) != len(read_jsonl(self.metrics_path))
+
+    def write_manifold(self, arm: str, phase: int, data: dict) -> None:
+        """The representation's principal components at a phase end (plasticity.eval.geometry.manifold)."""
+        if not self.read_only:
+            self.geometry.mkdir(exist_ok=True)
+            atomic_write_text(self.geometry / f"{arm}@{phase}.json", json.dumps(json_safe(data)) + "\n")
 
     def write_summary(self, summary: dict) -> None:
         if not self.read_only:

@@ -151,7 +151,7 @@ class UnitRunner:
             self.cfg.eval.batch_size, self.cfg.eval.probes, self.cfg.eval.tau, reference, reference_name,
             self._write_rows, lambda arm, step, kl: self.events.evaluated(unit.name, step, kl),
             self.events.phase_end, eval_selection(self.cfg.eval.phases, len(self.stream.phases)), end,
-            self.cfg.eval.geometry_every, self.cfg.eval.geometry_size,
+            self.cfg.eval.geometry_every, self.cfg.eval.geometry_size, self.rundir.write_manifold,
         )
 
     def _write_rows(self, rows: list[dict]) -> None:

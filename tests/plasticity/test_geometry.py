@@ -11,6 +11,7 @@ from plasticity.eval.geometry import (
     entropy_bits,
     geometry_probes,
     keys_by_token,
+    manifold,
     mean_abs_offdiag_cosine,
     pca_variance,
     spearman,
@@ -129,4 +130,36 @@ def test_geometry_is_tracked_at_its_cadence_in_the_current_phases_row(tmp_path):
     assert step == 210 and len(heads) == 2  # 1 layer x 2 heads
     assert values["query-key alignment\n(mean over layers, heads)"] == pytest.approx(sum(heads) / 2)
     assert values["PC1 variance fraction\n(last layer)"] == last["pc1_fraction"]
-    assert "geometry.png" in {p.name for p in make_plots(tmp_path)}
+    assert {"geometry.png", "manifold.png"} <= {p.name for p in make_plots(tmp_path)}
+    # the manifold's data at every phase end: the pretraining's at 0, each arm's at 1; the frozen arm's is
+    # its (the pretrained) model on phase 1's bank, the naive arm's not
+    files = {p.name for p in (tmp_path / "geometry").iterdir()}
+    assert files == {"pretrain@0.json", "frozen@1.json", "naive@1.json"}
+    data = {f: json.loads((tmp_path / "geometry" / f).read_text()) for f in files}
+    assert len(data["frozen@1.json"]["pc1"]) == int(built_bank(cfg, 1).scored[:8].sum())
+    assert data["frozen@1.json"]["pc1"] != data["naive@1.json"]["pc1"]
+
+
+def built_bank(cfg, phase):
+    from plasticity.run.build import build
+
+    return build(cfg).stream.eval_bank(phase)
+
+
+def test_the_manifold_is_the_pca_numpy_computes_sign_aligned_with_the_entropy(bank):
+    torch.manual_seed(1)
+    model = build_model({"name": "transformer", "n_layers": 1, "d_model": 8, "n_heads": 2, "d_ff": 16},
+                        bank.vocab_size, bank.tokens.shape[1]).double()
+    m = manifold(model, bank, points=50)
+    with torch.no_grad():
+        x = model.internals(bank.tokens)[-1]["residual"][bank.scored][:50].numpy()
+    z = (x - x.mean(0)) / x.std(0)
+    _, s, vt = np.linalg.svd(z, full_matrices=False)
+    h = entropy_bits(bank.posterior)[bank.scored][:50]
+    for key, axis in (("pc1", 0), ("pc2", 1)):
+        coords = z @ vt[axis]
+        assert np.allclose(np.abs(m[key]), np.abs(coords), atol=1e-9)  # up to the sign
+    assert m["pc1_fraction"] == pytest.approx(s[0] ** 2 / (s**2).sum())
+    assert m["entropy_bits"] == pytest.approx(h.tolist())
+    rho = spearman(torch.tensor(m["pc1"]), h)
+    assert rho >= 0 and m["pc1_entropy_spearman"] == pytest.approx(rho)  # sign-aligned
