@@ -238,3 +238,13 @@ def test_recurring_phase_names_get_their_index():
     data = sink._log_dict(fake_rows("naive", 5, 1, [0.1, 0.2, 0.3], names=["A", "B", "A"]))
     assert data["kl_bits/0_A"] == 0.1 and data["kl_bits/1_B"] == 0.2 and data["kl_bits/2_A"] == 0.3
     assert data["kl_bits/current_phase"] == 0.2 and data["train_phase"] == 1 and data["stream_step"] == 5
+
+
+def test_token_group_kls_are_logged_per_phase_not_as_probes():
+    sink = WandbSink(mode="offline")
+    rows = fake_rows("naive", 5, 1, [0.1, 0.2])
+    for r, (obs, do) in zip(rows, [(0.05, 0.15), (0.1, 0.3)]):
+        r.update(kl_bits_obs=obs, kl_bits_do=do, kl_bits_do_by_position=[do, None])
+    data = sink._log_dict(rows)
+    assert data["kl_bits_obs/drift"] == 0.1 and data["kl_bits_do/pretrain"] == 0.15
+    assert not any(k.startswith("probes/kl_bits") for k in data) and "kl_bits_do_by_position/pretrain" not in data
