@@ -3,6 +3,7 @@
     python benchmarks/bench_streams.py                  # threads 1 and 2, batch 256, CPU
     python benchmarks/bench_streams.py --threads 1 --min-time 0.2
     python benchmarks/bench_streams.py --device cuda    # also moves each batch to the GPU
+    python benchmarks/bench_streams.py --families causal --skip-configs
 
 For each family, "scored tokens/s" counts the positions where a posterior is given (`Batch.scored`)
 per second of `family.sample(batch_size, generator)` — tokens AND the exact posterior predictive.
@@ -127,6 +128,8 @@ def bayes_nll(tokens: torch.Tensor, posterior: torch.Tensor, scored: torch.Tenso
 def bench_families(args, device: torch.device) -> list[str]:
     rows = []
     for label, name, params, ref_sample, ref_kwargs, ref_post in CASES:
+        if args.families and name not in args.families:
+            continue
         family = make(name, **params)
         gap = check_posterior(family, ref_post(family))
         # Same generative process: the Bayes log-loss of sampled tokens agrees within standard errors.
@@ -212,6 +215,7 @@ def main() -> None:
     p.add_argument("--nll-sequences", type=int, default=2048,
                    help="sequences per side for the same-process check (Bayes NLL of sampled tokens)")
     p.add_argument("--skip-configs", action="store_true", help="only the families")
+    p.add_argument("--families", nargs="+", default=None, metavar="NAME", help="only these families (by name)")
     args = p.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: no CUDA device is available")

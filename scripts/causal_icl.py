@@ -11,7 +11,9 @@ Usage:
    over DAGs, but every DO marker read as OBS: interventions taken for observations) and `known graph` (the
    predictive given each sequence's true DAG). The last column block is the gap to `known graph`,
    KL(p_G ‖ q): the expected excess log-loss of q over a predictor that knows the DAG, so for q = p* it is the
-   price of structure uncertainty that more rows must pay off.
+   price of structure uncertainty that more rows must pay off. `response to the marks`: how far a
+   prediction moves when the DO markers are read as OBS, KL(q(tokens) ‖ q(tokens, marks as OBS)) — for p* it
+   equals the `ignore marks` KL; a model that reads the marks as the oracle does moves as far.
 2. From the oracle alone: the entropy (bits) of the posterior over the 25 DAGs and over the 11 Markov
    equivalence classes by rows seen, with and without interventions (up to `--rows` rows).
 3. The drift (fixed chain 0→1→2, then 1→2 flipped into a collider 0→1←2): each arm's KL at the end of each
@@ -62,25 +64,36 @@ def in_context(run: Path) -> dict[str, dict[tuple[str, int], float]]:
     model = built.new_model(cfg.seed)
     model.load_state_dict(torch.load(run / "checkpoints" / "pretrained.pt", weights_only=True)["model"])
     model.eval()
-    with torch.no_grad():
-        q = torch.cat([torch.softmax(model(bank.tokens[i : i + 256]).double(), -1)
-                       for i in range(0, len(bank), 256)])
+    def predict(tokens: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([torch.softmax(model(tokens[i : i + 256]).double(), -1)
+                              for i in range(0, len(tokens), 256)])
+
     V = fam.vocab_size
+    q = predict(bank.tokens)
+    q_ignored = predict(ignoring_interventions(fam, bank.tokens))
     exact = bank.posterior[..., :V]
     known = fam.predictive(bank.tokens, graphs=bank.latent["graph"])[0]
     ignore = fam.predictive(ignoring_interventions(fam, bank.tokens))[0]
     rows_seen = (torch.arange(fam.seq_len) // (fam.n_nodes + 1)).expand_as(bank.scored)
     out: dict[str, dict[tuple[str, int], float]] = {}
+    # how far each prediction moves when the DO markers are read as OBS: the oracle's is KL(p* ‖ ignore marks)
+    response = {"model": kl_bits(q[..., :V], q_ignored[..., :V]), "p*": kl_bits(exact, ignore)}
     for name, pred in (("model", q[..., :V]), ("p*", exact), ("ignore marks", ignore), ("known graph", known)):
         to_exact, to_known = kl_bits(exact, pred), kl_bits(known, pred)
+        moved = response.get(name)
         for group in ("obs", "do"):
             mask = bank.latent[f"scored_{group}"]
             for r in range(fam.n_rows):
                 m = mask & (rows_seen == r)
                 out.setdefault(f"{name}|p*", {})[(group, r)] = float(to_exact[m].mean())
                 out.setdefault(f"{name}|G", {})[(group, r)] = float(to_known[m].mean())
+                if moved is not None:
+                    out.setdefault(f"{name}|marks", {})[(group, r)] = float(moved[m].mean())
             out[f"{name}|p*"][(group, -1)] = float(to_exact[mask].mean())
             out[f"{name}|G"][(group, -1)] = float(to_known[mask].mean())
+            if moved is not None:
+                out[f"{name}|marks"][(group, -1)] = float(moved[mask].mean())
     return out
 
 
@@ -89,7 +102,7 @@ def graph_entropy(rows: int, n_sequences: int = 2048, seed: int = 0) -> dict[flo
     for p in (0.0, 0.5):
         fam = Causal(n_nodes=3, n_values=3, n_rows=rows, p_intervene=p)
         batch = fam.sample(n_sequences, torch.Generator().manual_seed(seed))
-        h_dag, h_class = fam.graph_entropy_bits(fam.predictive(batch.tokens)[2])
+        h_dag, h_class = fam.graph_entropy_bits(fam.graph_posterior(batch.tokens))
         out[p] = (h_dag.mean(0).tolist(), h_class.mean(0).tolist())
     return out
 
@@ -122,12 +135,12 @@ def main() -> None:
     names = ("model", "ignore marks", "known graph")
     print("## 1. In context, by rows seen: KL to the exact posterior p* (bits per value)\n")
     print("| rows seen | " + " | ".join(f"{n} obs | {n} do" for n in names)
-          + " | p* to known graph obs | p* to known graph do | model to known graph do |")
-    print("|---|" + "---|" * (2 * len(names) + 3))
+          + " | p* to known graph obs | p* to known graph do | response to the marks, do: p* | model |")
+    print("|---|" + "---|" * (2 * len(names) + 4))
     for r in [*range(n_rows), -1]:
         cells = [cell([s[f"{n}|p*"][(g, r)] for s in ic]) for n in names for g in ("obs", "do")]
         cells += [cell([s["p*|G"][(g, r)] for s in ic]) for g in ("obs", "do")]
-        cells.append(cell([s["model|G"][("do", r)] for s in ic]))
+        cells += [cell([s[f"{n}|marks"][("do", r)] for s in ic]) for n in ("p*", "model")]
         print(f"| {'all' if r < 0 else r} | " + " | ".join(cells) + " |")
 
     print(f"\n## 2. The oracle's uncertainty about the graph by rows seen (bits; 2048 sequences, {args.rows} rows)\n")

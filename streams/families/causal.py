@@ -262,7 +262,7 @@ class Causal(Family):
 
         marker = torch.where(do, self.do_token(j, v), self.obs_token)
         tokens = torch.cat([marker[..., None], x], dim=-1).reshape(B, R * (n + 1))
-        posterior, scored, _ = self.predictive(tokens)
+        posterior, scored = self.predictive(tokens)
         intervened = torch.where(do, j, -1)
         row_do = do.repeat_interleave(n + 1, dim=1)
         return Batch(tokens, posterior, scored, {
@@ -279,30 +279,24 @@ class Causal(Family):
         code = (marker - self.obs_token - 1).clamp(min=0)
         return x, torch.where(do, code // K, -1), code % K
 
-    def predictive(self, tokens: torch.Tensor, graphs: torch.Tensor | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(posterior [B, T, V], scored [B, T], DAG weights [B, R+1, G]) from the tokens alone.
+    def _log_prior(self, B: int, graphs: torch.Tensor | None) -> torch.Tensor:
+        """[B, G]: the family's prior, or all mass on each sequence's DAG `graphs[b]`."""
+        G = len(self.dags)
+        if graphs is None:
+            return self.log_prior().expand(B, G)
+        out = torch.full((B, G), -math.inf, dtype=torch.float64)
+        out[torch.arange(B), graphs] = 0.0
+        return out
 
-        `graphs` [B] (indices into `dags`) conditions each sequence on that DAG instead of the family's
-        prior: the predictor that knows the true graph. `weights[:, r]` is P(G | the first r rows)."""
+    def _fit(self, x: torch.Tensor, j: torch.Tensor) -> tuple[dict, torch.Tensor]:
+        """Every family's factor over the current row (broadcastable [K or 1] * n + [B, R], 1 for the set node)
+        and its score, the log-likelihood of the rows before each row ([F, B, R+1])."""
         n, K = self.n_nodes, self.n_values
         tab = self.tables
-        x, j, v = self.parse(tokens)
         B, R, _ = x.shape
-        G = len(tab.dags)
-        if graphs is None:
-            log_prior = self.log_prior().expand(B, G)
-        else:
-            log_prior = torch.full((B, G), -math.inf, dtype=torch.float64)
-            log_prior[torch.arange(B), graphs] = 0.0
-        # A modular prior: a family is allowed where some DAG with prior mass has it.
-        has = torch.isfinite(log_prior)  # [B, G]
-        allowed = (has.to(torch.float64) @ tab.uses) > 0  # [B, F]
-
-        # Every tensor below keeps the (sequence, row) axes last: the value axes, small, broadcast over
-        # them, which keeps the elementwise work contiguous.
-        # Counts over earlier rows of every family's cells (its node's and parents' values), skipping the
-        # rows where its node was set; its posterior-mean table from them.
+        # Every tensor keeps the (sequence, row) axes last: the value axes, small, broadcast over them,
+        # which keeps the elementwise work contiguous. Counts over earlier rows of every family's cells (its
+        # node's and parents' values), skipping the rows where its node was set; the posterior-mean table.
         active = j != torch.arange(n)[:, None, None]  # [n, B, R]
         log_fit = torch.zeros(len(tab.families), B, R, dtype=torch.float64)  # log factor of each row
         factors = {}
@@ -317,11 +311,28 @@ class Causal(Family):
             log_fit[f] = torch.log(table.reshape(-1, B, R).gather(0, at[None])[0]) * active[k]
             shape = [K if i in nodes else 1 for i in range(n)]
             factors[(k, pa)] = torch.where(active[k], table.reshape(*shape, B, R), 1.0)  # set node: 1
-        score = torch.cat([log_fit.new_zeros(len(tab.families), B, 1), log_fit.cumsum(2)], 2)  # [F, B, R+1]
+        score = torch.cat([log_fit.new_zeros(len(tab.families), B, 1), log_fit.cumsum(2)], 2)
+        return factors, score
 
-        # DAG weights after each row: the prior times every earlier row's joint (a sum over its families).
-        log_w = log_prior.T[:, :, None] + score[tab.members].sum(1)  # [G, B, R+1]
-        weights = torch.softmax(log_w, dim=0).permute(1, 2, 0)  # [B, R+1, G]
+    def graph_posterior(self, tokens: torch.Tensor, graphs: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, R+1, G]: P(DAG | the first r rows) for r = 0..R (see `predictive` for `graphs`)."""
+        x, j, _ = self.parse(tokens)
+        _, score = self._fit(x, j)
+        log_w = self._log_prior(x.shape[0], graphs).T[:, :, None] + score[self.tables.members].sum(1)
+        return torch.softmax(log_w, dim=0).permute(1, 2, 0)  # [B, R+1, G]: a row's joint sums its families'
+
+    def predictive(self, tokens: torch.Tensor, graphs: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(posterior [B, T, V], scored [B, T]) from the tokens alone. `graphs` [B] (indices into `dags`)
+        conditions each sequence on that DAG instead of the family's prior: the predictor that knows the
+        true graph."""
+        n, K = self.n_nodes, self.n_values
+        tab = self.tables
+        x, j, v = self.parse(tokens)
+        B, R, _ = x.shape
+        # A modular prior (uniform, or one DAG per sequence): a family is allowed where a DAG with mass has it.
+        allowed = (torch.isfinite(self._log_prior(B, graphs)).to(torch.float64) @ tab.uses) > 0  # [B, F]
+        factors, score = self._fit(x, j)
 
         # The mixture's joint over the current row, Σ_G P(G | earlier rows) Π_k factor, as a sum over DAGs
         # of products of per-family terms: each family's score (rescaled per node) times its factor.
@@ -334,8 +345,7 @@ class Causal(Family):
                 psi[tab.families[f]] = weight[c] * factors[tab.families[f]]
         joint = dag_sum(psi, n).expand(*[K] * n, B, R).reshape(K**n, B, R)
         digits = torch.tensor(list(itertools.product(range(K), repeat=n)), dtype=torch.long)  # [K^n, n]
-        do_value = torch.where(j >= 0, v, -1)  # [B, R]
-        consistent = (do_value < 0) | (digits[:, j.clamp(min=0)] == v)  # [K^n, B, R]
+        consistent = (j < 0) | (digits[:, j.clamp(min=0)] == v)  # [K^n, B, R]
         joint = joint * consistent  # only the intervened value
         posterior = torch.zeros(B, R, n + 1, self.vocab_size, dtype=torch.float64)
         for i in range(n):  # marginalise the later nodes, condition on the earlier ones
@@ -348,11 +358,11 @@ class Causal(Family):
         scored[..., :n] &= j[..., None] != torch.arange(n)  # the intervened value is set, not predicted
         posterior = posterior * scored[..., None]
         T = R * (n + 1)
-        return posterior.reshape(B, T, -1), scored.reshape(B, T), weights
+        return posterior.reshape(B, T, -1), scored.reshape(B, T)
 
     def graph_entropy_bits(self, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Entropy (bits) of the posterior over DAGs and over Markov equivalence classes, from
-        `predictive`'s weights [..., G]."""
+        `graph_posterior`'s weights [..., G]."""
         classes: dict = {}
         ids = torch.tensor([classes.setdefault(markov_class(pa), len(classes)) for pa in self.dags])
         by_class = weights.new_zeros(*weights.shape[:-1], len(classes)).index_add_(-1, ids, weights)

@@ -214,7 +214,7 @@ def test_markov_equivalent_graphs_agree_only_without_interventions():
 def test_a_fixed_graph_is_the_mixture_collapsed_to_it():
     fam = Causal(n_nodes=3, n_values=2, n_rows=6)
     batch = fam.sample(200, gen(5))
-    known, _, weights = fam.predictive(batch.tokens, graphs=batch.latent["graph"])
+    known, _ = fam.predictive(batch.tokens, graphs=batch.latent["graph"])
     for g in batch.latent["graph"].unique().tolist():
         fixed = Causal(n_nodes=3, n_values=2, n_rows=6, graph=[[p, k] for k in range(3)
                                                            for p in parents_of(all_dags(3)[g], k)])
@@ -223,19 +223,28 @@ def test_a_fixed_graph_is_the_mixture_collapsed_to_it():
         torch.testing.assert_close(known[rows][0], brute_posterior(fam, batch.tokens[rows][0].tolist(),
                                                                    dags=[all_dags(3)[g]]), rtol=0, atol=1e-12)
     # The exact posterior's DAG weights: P(G | no rows) is the prior; they sum to 1 and concentrate.
-    _, _, w = fam.predictive(batch.tokens)
+    w = fam.graph_posterior(batch.tokens)
     torch.testing.assert_close(w[:, 0], torch.full((200, 25), 1 / 25, dtype=torch.float64))
     torch.testing.assert_close(w.sum(-1), torch.ones(200, 7, dtype=torch.float64))
     h_dag, h_class = fam.graph_entropy_bits(w)
     assert math.isclose(float(h_dag[0, 0]), math.log2(25), rel_tol=1e-12)
     assert (h_class <= h_dag + 1e-12).all() and float(h_dag[:, -1].mean()) < float(h_dag[:, 0].mean())
+    # Each weight is the prior times the closed-form marginal likelihood of the rows so far, normalised.
+    x, j, _ = fam.parse(batch.tokens[:1])
+    rows = [(tuple(x[0, r].tolist()), int(j[0, r])) for r in range(6)]
+    for r in (1, 3, 6):
+        log_ml = torch.tensor([log_marginal(rows[:r], d, fam) for d in all_dags(3)], dtype=torch.float64)
+        torch.testing.assert_close(w[0, r], torch.softmax(log_ml, 0), rtol=0, atol=1e-12)
+    # the known-graph weights are one-hot on each sequence's DAG
+    known_w = fam.graph_posterior(batch.tokens, graphs=batch.latent["graph"])
+    assert torch.equal(known_w.argmax(-1), batch.latent["graph"][:, None].expand(200, 7))
 
 
 def test_ignoring_the_marks_is_a_worse_predictor():
     fam = Causal(n_nodes=3, n_values=3, n_rows=8, p_intervene=0.5)
     batch = fam.sample(512, gen(6))
-    naive, _, _ = fam.predictive(ignoring_interventions(fam, batch.tokens))
-    known, _, _ = fam.predictive(batch.tokens, graphs=batch.latent["graph"])
+    naive, _ = fam.predictive(ignoring_interventions(fam, batch.tokens))
+    known, _ = fam.predictive(batch.tokens, graphs=batch.latent["graph"])
     nxt = batch.tokens[:, 1:]
     s = batch.scored[:, :-1]
 
