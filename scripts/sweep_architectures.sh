@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# transformer / mlp / lstm x seeds on wind_tunnel_bijection (configs/sweep/architectures.yaml).
+# transformer / mlp / lstm / mamba x seeds on wind_tunnel_bijection (configs/sweep/architectures.yaml).
 # Then `plasticity report` on the results. Extra flags go to `plasticity sweep`, e.g.
 #   scripts/sweep_architectures.sh --workers 4
 #   scripts/sweep_architectures.sh --executor slurm --partition gpu --time 02:00:00 --gpus-per-node 1

@@ -429,8 +429,8 @@ def manifold_figure(manifolds: dict[tuple[str, int], dict], names: list[str]) ->
         return None
     if len(phases) > MANY_PHASES:  # long streams: evenly spaced phase ends, the last included
         phases = [phases[round(i * (len(phases) - 1) / (MANY_PHASES - 1))] for i in range(MANY_PHASES)]
-    top = max((max(m["entropy_bits"], default=0.0) for m in manifolds.values()), default=1.0) or 1.0
-    norm = mcolors.Normalize(0.0, top)
+    values = [h for m in manifolds.values() for h in m["entropy_bits"]] or [0.0, 1.0]
+    norm = mcolors.Normalize(min(values), max(max(values), min(values) + 1e-6))  # one scale for every panel
     with matplotlib.rc_context(STYLE):
         fig = Figure(figsize=(3.0 * len(arms) + 0.8, 2.5 * len(phases)), dpi=DPI, layout="constrained")
         axes = np.asarray(fig.subplots(len(phases), len(arms), squeeze=False))

@@ -163,3 +163,18 @@ def test_the_manifold_is_the_pca_numpy_computes_sign_aligned_with_the_entropy(ba
     assert m["entropy_bits"] == pytest.approx(h.tolist())
     rho = spearman(torch.tensor(m["pc1"]), h)
     assert rho >= 0 and m["pc1_entropy_spearman"] == pytest.approx(rho)  # sign-aligned
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+def test_the_probes_and_the_manifold_on_cuda_equal_the_cpus(bank):
+    torch.manual_seed(2)
+    model = build_model({"name": "transformer", "n_layers": 2, "d_model": 16, "n_heads": 2, "d_ff": 32},
+                        bank.vocab_size, bank.tokens.shape[1]).double()
+    cpu, cpu_m = geometry_probes(model, bank), manifold(model, bank)
+    model.cuda()
+    gpu, gpu_m = geometry_probes(model, bank), manifold(model, bank)
+    for key, value in cpu.items():
+        values = value if isinstance(value, list) else [value]
+        for a, b in zip(gpu[key] if isinstance(value, list) else [gpu[key]], values):
+            assert (a is None and b is None) or a == pytest.approx(b, rel=1e-6, abs=1e-9, nan_ok=True), key
+    assert np.allclose(np.abs(gpu_m["pc1"]), np.abs(cpu_m["pc1"]), atol=1e-6)
