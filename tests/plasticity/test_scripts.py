@@ -1,0 +1,54 @@
+"""The analysis scripts of the shipped experiments run end to end on tiny runs and print what they promise."""
+
+from __future__ import annotations
+
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+from plasticity.entry import run
+from plasticity.run.config import load_config
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+
+
+def run_script(name: str, *args: str, monkeypatch, capsys) -> str:
+    monkeypatch.setattr(sys, "argv", [name, *args])
+    runpy.run_path(str(SCRIPTS / name), run_name="__main__")
+    return capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_causal_icl_tables(tmp_path, monkeypatch, capsys):
+    phases = ("stream.phases=[{name: any, family: causal, params: {n_rows: 4}, steps: 30},"
+              "{name: chain, family: causal, params: {n_rows: 4, graph: [[0, 1], [1, 2]]}, steps: 10}]")
+    cfg = load_config("causal_icl", [phases, "stream.eval_size=32", "eval.every=10", "progress=false",
+                                     "plots=false", "arms=[frozen,naive]", "fresh=false", "trainer.workers=1"])
+    run(cfg, tmp_path)
+    out = run_script("causal_icl.py", str(tmp_path), "--rows", "4", monkeypatch=monkeypatch, capsys=capsys)
+    assert "## 1. In context" in out and "## 3. Drift" in out
+    table1 = [line for line in out.splitlines() if line.startswith("| ") and line.split("|")[1].strip().isdigit()]
+    assert [line.split("|")[1].strip() for line in table1[:4]] == ["0", "1", "2", "3"]
+    assert "| naive | chain |" in out and "| pretrain | any |" in out
+
+
+def test_geometry_lead_table(tmp_path, monkeypatch, capsys):
+    cfg = load_config("smoke", ["progress=false", "plots=false", "eval.every=10", "eval.geometry_every=10",
+                                "eval.geometry_size=8"])
+    run(cfg, tmp_path)
+    out = run_script("geometry_table.py", str(tmp_path), "--lead", monkeypatch=monkeypatch, capsys=capsys)
+    lines = [line for line in out.splitlines() if line.startswith("| naive |")]
+    assert len(lines) == 1 and "step 160" in lines[0]  # the smoke stream's phase 1 starts at 150
+    out = run_script("geometry_table.py", str(tmp_path), monkeypatch=monkeypatch, capsys=capsys)
+    assert "| naive | 210 | new_symbols |" in out
+
+
+def test_half_change_step_by_hand():
+    geometry_table = runpy.run_path(str(SCRIPTS / "geometry_table.py"))
+    half = geometry_table["half_change_step"]
+    # from 1.0 to 0.0: half of the change is made at the first value <= 0.5
+    assert half([(0, 1.0), (10, 0.8), (20, 0.5), (30, 0.1), (40, 0.0)], floor=0.01) == 20
+    assert half([(0, 0.2), (10, 0.9), (20, 1.0)], floor=0.01) == 10  # rising
+    assert half([(0, 0.5), (10, 0.502)], floor=0.01) is None  # no change worth the name
