@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import torch
 
+from plasticity.eval.calibration import LN2, kl_nats
 from plasticity.results.stats import mean_ci
 from plasticity.run.build import build
 from plasticity.run.config import load_run_config
@@ -37,9 +37,8 @@ from streams.families.causal import Causal, ignoring_interventions
 
 
 def kl_bits(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """Row-wise KL(p ‖ q) in bits, 0·log 0 = 0."""
-    terms = torch.where(p > 0, p * (p.clamp_min(1e-300).log() - q.clamp_min(1e-300).log()), 0.0)
-    return terms.sum(-1) / math.log(2)
+    """Row-wise KL(p ‖ q) in bits (the calibration module's, on probabilities)."""
+    return kl_nats(p.double(), q.double().clamp_min(1e-300).log()) / LN2
 
 
 def cell(values: list[float], digits: int = 3) -> str:

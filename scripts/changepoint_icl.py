@@ -14,11 +14,11 @@ reference predictors computed exactly: `no_change` (the Dirichlet posterior over
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 import torch
 
+from plasticity.eval.calibration import LN2, kl_nats
 from plasticity.run.build import build
 from plasticity.run.config import load_run_config
 
@@ -26,10 +26,8 @@ BINS = [(0, 0), (1, 1), (2, 2), (3, 4), (5, 8), (9, 16), (17, 10**9)]
 
 
 def kl_bits(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """Row-wise KL(p ‖ q) in bits, 0·log 0 = 0."""
-    p, q = p.double(), q.double().clamp_min(1e-300)
-    terms = torch.where(p > 0, p * (p.clamp_min(1e-300).log() - q.log()), torch.zeros_like(p))
-    return terms.sum(-1) / math.log(2)
+    """Row-wise KL(p ‖ q) in bits (the calibration module's, on probabilities)."""
+    return kl_nats(p.double(), q.double().clamp_min(1e-300).log()) / LN2
 
 
 def since_change(change: torch.Tensor) -> torch.Tensor:
