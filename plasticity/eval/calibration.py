@@ -135,9 +135,9 @@ class CalibrationAccumulator:
         has = self.count > 0
         safe = self.count.clamp(min=1)
 
-        def by_position(total: torch.Tensor) -> list:
-            per = (total / safe / LN2).tolist()
-            return [v if h else None for v, h in zip(per, has.tolist())]
+        def by_position(total: torch.Tensor, count: torch.Tensor = self.count) -> list:
+            per = (total / count.clamp(min=1) / LN2).tolist()
+            return [v if c > 0 else None for v, c in zip(per, count.tolist())]
 
         out: dict = {
             "n_scored": int(n),
@@ -149,9 +149,8 @@ class CalibrationAccumulator:
         }
         for name, (kl_sum, count) in sorted(self.groups.items()):
             total = count.sum().item()
-            per = (kl_sum / count.clamp(min=1) / LN2).tolist()
             out["groups"][f"kl_bits_{name}"] = kl_sum.sum().item() / total / LN2 if total else None
-            out["groups"][f"kl_bits_{name}_by_position"] = [v if c else None for v, c in zip(per, count.tolist())]
+            out["groups"][f"kl_bits_{name}_by_position"] = by_position(kl_sum, count)
         if n == 0:
             keys = ("kl_bits", "entropy_gap_bits", "nll_bits", "bayes_nll_bits", "nll_gap_se_bits", "ece",
                     "kl_bits_general")

@@ -113,20 +113,22 @@ class Evaluator(pl.Callback):
             probes["grad_norm"] = grad_norm
         # the current phase's bank at the geometry's cadence; every bank for a frozen arm's one evaluation,
         # which `replay` then shows in the current phase's row at the cadence
+        # (and the manifold figure's data at phase ends), each distinct bank once
         geometry: dict[int, dict] = {}
         if self.geometry_every and (every_bank or self._geometry_due(step)):
-            by_bank: dict[int, dict] = {}
+            with_manifold = self.write_manifold is not None and (every_bank or step in self.phase_ends)
+            by_bank: dict[int, tuple[dict, dict | None]] = {}
             for j in (results if every_bank else [phase]):
-                bank = self.banks[j]
-                if id(bank) not in by_bank:
-                    by_bank[id(bank)] = geometry_probes(model, bank[: self.geometry_size])
-                geometry[j] = by_bank[id(bank)]
+                bank = self.banks[j][: self.geometry_size]
+                if id(self.banks[j]) not in by_bank:
+                    by_bank[id(self.banks[j])] = (geometry_probes(model, bank),
+                                                  manifold(model, bank) if with_manifold else None)
+                geometry[j], shape = by_bank[id(self.banks[j])]
+                if with_manifold:
+                    self._manifolds[j] = shape
             self._geometry_keys.update(k for g in geometry.values() for k in g)
-            if self.write_manifold is not None and (every_bank or step in self.phase_ends):
-                for j in (results if every_bank else [phase]):
-                    self._manifolds[j] = manifold(model, self.banks[j][: self.geometry_size])
-                if record and step in self.phase_ends:
-                    self._write_manifold(phase)
+            if with_manifold and record and step in self.phase_ends:
+                self._write_manifold(phase)
         rows = []
         for j, m in results.items():
             row = {"arm": self.arm, "step": step, "phase": phase, "eval_phase": j,

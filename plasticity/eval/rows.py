@@ -23,12 +23,12 @@ ROW_KEYS = ("arm", "step", "phase", "eval_phase", "eval_phase_name")
 # family's own posterior for a phase with a finite task pool (streams.pool), is null for the others.
 ROW_METRICS = ("kl_bits", "entropy_gap_bits", "nll_bits", "bayes_nll_bits", "nll_gap_se_bits", "ece",
                "kl_bits_general")
+BY_POSITION = ("kl_bits_by_position", "model_entropy_bits_by_position", "posterior_entropy_bits_by_position",
+               "kl_bits_general_by_position")
+
+
 # A family may split its scored tokens into groups (streams.base.GROUP_MASK_PREFIX, e.g. the causal family's
 # observational and interventional values): rows then carry `kl_bits_<group>` and its by-position curve.
 def is_group_metric(key: str) -> bool:
     """A token group's KL in a row (`kl_bits_<group>`), as opposed to the fixed metrics and curves."""
     return key.startswith("kl_bits_") and key not in ROW_METRICS and not key.endswith("_by_position")
-
-
-BY_POSITION = ("kl_bits_by_position", "model_entropy_bits_by_position", "posterior_entropy_bits_by_position",
-               "kl_bits_general_by_position")

@@ -112,6 +112,7 @@ class _Tables:
     uses: torch.Tensor  # [G, F] float64: 1 where DAG g has family f
     alpha: tuple[float, ...]  # per family: the Dirichlet concentration of each entry of its columns
     config_weights: torch.Tensor  # [G, n, n] long: parent p's place value in node k's configuration under g
+    digits: torch.Tensor  # [K^n, n] long: the node values of each joint assignment
 
 
 @functools.cache
@@ -128,7 +129,8 @@ def _tables(n: int, K: int, alpha: float, prior: str) -> _Tables:
         return [K ** (len(ps) - 1 - ps.index(p)) if p in ps else 0 for p in range(n)]
 
     config = torch.tensor([[place_values(pa[k]) for k in range(n)] for pa in dags], dtype=torch.long)
-    return _Tables(dags, families, members, uses, f_alpha, config)
+    digits = torch.tensor(list(itertools.product(range(K), repeat=n)), dtype=torch.long)
+    return _Tables(dags, families, members, uses, f_alpha, config, digits)
 
 
 def _submasks(mask: int):
@@ -344,8 +346,7 @@ class Causal(Family):
             for c, f in enumerate(mine):
                 psi[tab.families[f]] = weight[c] * factors[tab.families[f]]
         joint = dag_sum(psi, n).expand(*[K] * n, B, R).reshape(K**n, B, R)
-        digits = torch.tensor(list(itertools.product(range(K), repeat=n)), dtype=torch.long)  # [K^n, n]
-        consistent = (j < 0) | (digits[:, j.clamp(min=0)] == v)  # [K^n, B, R]
+        consistent = (j < 0) | (tab.digits[:, j.clamp(min=0)] == v)  # [K^n, B, R]
         joint = joint * consistent  # only the intervened value
         posterior = torch.zeros(B, R, n + 1, self.vocab_size, dtype=torch.float64)
         for i in range(n):  # marginalise the later nodes, condition on the earlier ones
