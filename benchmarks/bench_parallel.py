@@ -12,9 +12,11 @@ other; wall time and the CPU time of the process and its children are printed, w
 first worker count, and the summaries (minus timing) and the sorted metrics rows of every run are
 compared with the first's: they must be identical. `--sweep` times `plasticity sweep` of four smoke
 trials with `--workers 1` and `--workers 2`. `--eval-share` runs the default experiment sequentially
-with wandb offline (what a new user without an API key gets) and reports the evaluation's seconds over the
-run's wall time. `--fused` runs the default experiment's naive arm with `optim.fused` false and true, one
-after the other, and compares speed and results. Name the machine (nproc, CPU model) with every number
+with wandb offline (what a new user without an API key gets) and disabled, and reports the evaluation's
+seconds (the eval banks and probes) over the run's wall time, and apart from them the frozen arm's
+per-step record (a forward pass of every stream batch: summary timing.record_seconds). `--fused` runs
+the default experiment's naive arm with `optim.fused` false and true, one after the other, and compares
+speed and results. Name the machine (nproc, CPU model) with every number
 you quote; run nothing heavy beside.
 """
 
@@ -87,15 +89,17 @@ def bench_sweep(tmp: Path, env: dict) -> None:
 
 
 def bench_eval_share(tmp: Path, env: dict) -> None:
-    print("| default experiment, workers 1 | wandb | wall s | eval s | eval / wall | eval / units' time |")
-    print("|---|---|---:|---:|---:|---:|")
+    print("| default experiment, workers 1 | wandb | wall s | eval s | eval / wall | frozen record s | "
+          "record / wall | eval / units' time |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for mode in ("offline", "disabled"):
         run_dir = tmp / f"share-{mode}"
         wall, _ = timed([sys.executable, "-m", "plasticity.cli", "run", "default", "trainer.workers=1",
                          f"logger.wandb.mode={mode}", f"run.dir={run_dir}", "progress=false", "plots=false"], env)
         t = json.loads((run_dir / "summary.json").read_text())["timing"]
+        record = t.get("record_seconds") or 0.0  # the frozen arm's per-step record (forward passes only)
         print(f"| default | {mode} | {wall:.1f} | {t['eval_seconds']:.1f} | {t['eval_seconds'] / wall:.3f} | "
-              f"{t['eval_fraction']:.3f} |", flush=True)
+              f"{record:.1f} | {record / wall:.3f} | {t['eval_fraction']:.3f} |", flush=True)
 
 
 def bench_fused(tmp: Path, env: dict) -> None:

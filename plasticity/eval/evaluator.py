@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 
 import pytorch_lightning as pl
 import torch
@@ -15,21 +16,24 @@ from torch import nn
 
 from plasticity.eval.calibration import CalibrationAccumulator
 from plasticity.eval.geometry import geometry_probes, manifold
-from plasticity.eval.probes import probe_all
+from plasticity.eval.probes import ProbeForward, probe_all
 from plasticity.eval.rows import BY_POSITION, ROW_METRICS
 from streams import Batch, Stream
 from streams.base import GROUP_MASK_PREFIX
 
 
 @torch.no_grad()
-def evaluate_bank(model: nn.Module, bank: Batch, batch_size: int, device: torch.device) -> dict:
+def evaluate_bank(model: nn.Module, bank: Batch, batch_size: int, device: torch.device,
+                  probe: ProbeForward | None = None) -> dict:
+    """The bank's calibration metrics; `probe` records what the probes need from the first chunk's forward."""
     acc = CalibrationAccumulator(bank.tokens.shape[1])
     was_training = model.training
     model.eval()
     try:
         for i in range(0, len(bank), batch_size):
             chunk = bank[i : i + batch_size]
-            logits = model(chunk.tokens.to(device))
+            with probe.recording(model) if probe is not None and i == 0 else nullcontext():
+                logits = model(chunk.tokens.to(device))
             groups = {k.removeprefix(GROUP_MASK_PREFIX): v for k, v in chunk.latent.items()
                       if k.startswith(GROUP_MASK_PREFIX)}
             acc.update(logits, chunk.posterior.to(device), chunk.scored.to(device), chunk.tokens.to(device),
@@ -39,14 +43,16 @@ def evaluate_bank(model: nn.Module, bank: Batch, batch_size: int, device: torch.
     return acc.compute()
 
 
-def evaluate_all(model: nn.Module, banks: dict[int, Batch], batch_size: int, device: torch.device
-                 ) -> dict[int, dict]:
-    """Metrics per phase; recurring phases that share one bank object are evaluated once."""
+def evaluate_all(model: nn.Module, banks: dict[int, Batch], batch_size: int, device: torch.device,
+                 probe: tuple[Batch, ProbeForward] | None = None) -> dict[int, dict]:
+    """Metrics per phase; recurring phases that share one bank object are evaluated once. `probe` = (bank,
+    recorder): the recorder gets the forward of that bank's first chunk."""
     by_bank: dict[int, dict] = {}
     out = {}
     for phase, bank in banks.items():
         if id(bank) not in by_bank:
-            by_bank[id(bank)] = evaluate_bank(model, bank, batch_size, device)
+            record = probe[1] if probe is not None and bank is probe[0] else None
+            by_bank[id(bank)] = evaluate_bank(model, bank, batch_size, device, record)
         out[phase] = by_bank[id(bank)]
     return out
 
@@ -105,11 +111,14 @@ class Evaluator(pl.Callback):
         device = next(model.parameters()).device
         phase = self.stream.phase_at(min(step, self.stream.total_steps) - 1) if step > 0 else 0
         banks = self.banks if every_bank else self.banks_at(step, phase)
-        results = evaluate_all(model, banks, self.batch_size, device)
+        # the probes read the forward that scores the current bank's first chunk: their tokens
+        forward = ProbeForward() if self.probes else None
+        results = evaluate_all(model, banks, self.batch_size, device,
+                               (self.banks[phase], forward) if forward is not None else None)
         probes: dict = {}
         if self.probes:
             tokens = self.banks[phase].tokens[: self.batch_size].to(device)
-            probes = probe_all(model, tokens, self.tau, self.reference_state, self.reference_name)
+            probes = probe_all(model, tokens, self.tau, self.reference_state, self.reference_name, forward)
             probes["grad_norm"] = grad_norm
         # the current phase's bank at the geometry's cadence; every bank for a frozen arm's one evaluation,
         # which `replay` then shows in the current phase's row at the cadence

@@ -4,6 +4,7 @@ weight and gradient norms, and the distance travelled from a reference (initial 
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -11,26 +12,50 @@ from torch import nn
 from plasticity.models.units import ActivityCapture, dormancy_scores
 
 
-def _activity_and_features(model: nn.Module, tokens: torch.Tensor
-                           ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """One no-grad forward through `model.features` in eval mode, capturing every hidden unit's mean
-    |activation| over all positions of `tokens` (float64, CPU)."""
-    capture = ActivityCapture(model.unit_layers(), dtype=torch.float64, grad_only=False)
-    was_training = model.training
-    capture.start()
-    try:
-        model.eval()
-        with torch.no_grad():
-            features = model.features(tokens)
-    finally:
-        model.train(was_training)
-        activity = capture.take()
-    return {name: a.cpu() for name, a in activity.items()}, features
+class ProbeForward:
+    """What the probes read off one no-grad forward pass in eval mode: every hidden unit's mean |activation|
+    over all positions (float64, CPU) and the last hidden features (the head's input). `recording(model)`
+    captures them from whatever forward runs inside it, so the evaluator can take them from the forward
+    that scores a bank's first chunk instead of running the probes' own; a model without a `head` gives no
+    features that way, and `run` then passes the tokens through `model.features`."""
+
+    def __init__(self):
+        self.activity: dict[str, torch.Tensor] = {}
+        self.features: torch.Tensor | None = None
+
+    @contextmanager
+    def recording(self, model: nn.Module):
+        capture = ActivityCapture(model.unit_layers(), dtype=torch.float64, grad_only=False)
+        head = getattr(model, "head", None)
+        handle = head.register_forward_pre_hook(self._keep_features) if isinstance(head, nn.Module) else None
+        capture.start()
+        try:
+            yield self
+        finally:
+            if handle is not None:
+                handle.remove()
+            self.activity = {name: a.cpu() for name, a in capture.take().items()}
+
+    def _keep_features(self, _module, inputs) -> None:
+        self.features = inputs[0]
+
+    @classmethod
+    def run(cls, model: nn.Module, tokens: torch.Tensor) -> ProbeForward:
+        """The probes' own forward through `model.features` on `tokens`."""
+        probe = cls()
+        was_training = model.training
+        try:
+            model.eval()
+            with torch.no_grad(), probe.recording(model):
+                probe.features = model.features(tokens)
+        finally:
+            model.train(was_training)
+        return probe
 
 
 def unit_activity(model: nn.Module, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
     """Mean |activation| of every unit over all positions of `tokens`, per UnitLayer (float64, CPU)."""
-    return _activity_and_features(model, tokens)[0]
+    return ProbeForward.run(model, tokens).activity
 
 
 def dormant_fraction(activity: dict[str, torch.Tensor], tau: float) -> dict[str, float]:
@@ -69,10 +94,14 @@ def distance_from(model: nn.Module, reference_state: dict[str, torch.Tensor]) ->
 
 
 def probe_all(model: nn.Module, tokens: torch.Tensor, tau: float,
-              reference_state: dict[str, torch.Tensor] | None = None, reference_name: str = "init") -> dict:
+              reference_state: dict[str, torch.Tensor] | None = None, reference_name: str = "init",
+              forward: ProbeForward | None = None) -> dict:
     """Flat probe dict: `dormant_frac/<layer>`, `dormant_frac` (over all units), `effective_rank`,
-    `weight_norm` and, given a reference state, `distance_from_<reference_name>`."""
-    activity, features = _activity_and_features(model, tokens)
+    `weight_norm` and, given a reference state, `distance_from_<reference_name>`. `forward`: what a forward
+    pass on `tokens` already recorded (ProbeForward.recording); without its features, the probes' own."""
+    if forward is None or forward.features is None:
+        forward = ProbeForward.run(model, tokens)
+    activity, features = forward.activity, forward.features
     dormant = dormant_fraction(activity, tau)
     out: dict = {f"dormant_frac/{name}": frac for name, frac in dormant.items()}
     n_units = sum(a.numel() for a in activity.values())

@@ -54,7 +54,8 @@ def aggregate(summaries: dict[int, dict]) -> dict:
             out["diverged"] = diverged
         out_arms[arm] = out
     first = summaries[seeds[0]]
-    timing = {k: sum(summaries[s]["timing"].get(k) or 0 for s in seeds) for k in ("train_seconds", "eval_seconds")}
+    timing = {k: sum(summaries[s]["timing"].get(k) or 0 for s in seeds)
+              for k in ("train_seconds", "eval_seconds", "record_seconds")}
     return {"seeds": seeds, "name": first.get("name"), "phases": first.get("phases"), "arms": out_arms,
             "timing": timing}
 

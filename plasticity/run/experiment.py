@@ -130,8 +130,8 @@ class Experiment:
             diverged = {name.split("@")[1]: r["diverged"] for name, r in fresh.items() if r.get("diverged")}
             steps = {i: f for r in fresh.values() for i, f in (r.get("steps") or {}).items()}
             add_fresh(arms, kl, len(phases), diverged, steps)
-        timing = {k: sum(r["timing"][k] for r in results.values()) for k in ("train_seconds", "eval_seconds",
-                                                                            "train_tokens")}
+        timing = {k: sum(r["timing"].get(k, 0) for r in results.values())  # (.get: units of an older run)
+                  for k in ("train_seconds", "eval_seconds", "record_seconds", "train_tokens")}
         compute = timing["train_seconds"] + timing["eval_seconds"]
         with torch.device("meta"):
             model = self.built.model_class(self.built.model_config, self.stream.vocab_size, self.stream.max_seq_len)
@@ -144,6 +144,7 @@ class Experiment:
                 "wall_seconds": wall,
                 "train_seconds": timing["train_seconds"],
                 "eval_seconds": timing["eval_seconds"],
+                "record_seconds": timing["record_seconds"],  # frozen arms' per-step record, forward only
                 "train_tokens_per_second": timing["train_tokens"] / timing["train_seconds"]
                 if timing["train_seconds"] else None,
                 "eval_fraction": timing["eval_seconds"] / compute if compute else None,

@@ -4,7 +4,9 @@ every hook through `safe`, which reports the sink's error once and disables it."
 
 from __future__ import annotations
 
+import queue
 import sys
+import threading
 from typing import Any
 
 
@@ -43,3 +45,51 @@ class Sinks:
                 print(f"warning: {type(sink).__name__}.{hook} failed ({type(e).__name__}: {e}); "
                       "disabled for the rest of the run — the run directory has everything", file=sys.stderr)
                 self.sinks.remove(sink)
+
+
+class BackgroundSink(RunSink):
+    """Runs a sink's hooks in a thread of its own, in the order they were called, so that a slow sink
+    (wandb's init, its images at phase ends) does not hold up training: the run's thread only enqueues.
+    `close()` waits for every queued hook, then closes the sink. A hook that raises is reported once and
+    the sink is dropped, as by `Sinks`. Arguments are not copied: callers hand over rows they no longer
+    change (the run directory already has them)."""
+
+    def __init__(self, sink: RunSink):
+        self.sink = sink
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._failed = False
+        self._thread = threading.Thread(target=self._work, name=f"sink-{type(sink).__name__}", daemon=True)
+        self._thread.start()
+
+    def on_start(self, *args) -> None:
+        self._queue.put(("on_start", args))
+
+    def on_rows(self, *args) -> None:
+        self._queue.put(("on_rows", args))
+
+    def on_phase_end(self, *args) -> None:
+        self._queue.put(("on_phase_end", args))
+
+    def on_steps(self, *args) -> None:
+        self._queue.put(("on_steps", args))
+
+    def on_summary(self, *args) -> None:
+        self._queue.put(("on_summary", args))
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(("close", ()))
+            self._thread.join()
+
+    def _work(self) -> None:
+        while True:
+            hook, args = self._queue.get()
+            if not self._failed:
+                try:
+                    getattr(self.sink, hook)(*args)
+                except Exception as e:  # noqa: BLE001 - a dashboard must never take the run down
+                    self._failed = True
+                    print(f"warning: {type(self.sink).__name__}.{hook} failed ({type(e).__name__}: {e}); "
+                          "disabled for the rest of the run — the run directory has everything", file=sys.stderr)
+            if hook == "close":
+                return

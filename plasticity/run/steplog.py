@@ -3,8 +3,10 @@ figures of the step's own batch, scored before the update), and `steps/<unit>.re
 `eval.retention_every` is on (a rotating slice of every past phase's eval bank).
 
 Lines are buffered as tensors (no host sync per step on a GPU) and appended in batches; `flush()` runs
-before every checkpoint, so the lines up to a checkpoint are on disk when it is written. A resumed unit
-first drops the lines at or after its checkpoint's step (and a torn last line): no gap, no duplicate.
+before every checkpoint and fsyncs, so the lines up to a checkpoint are on disk when it is written (the
+appends in between are not synced: a killed process loses nothing the OS has, and a resume rewrites what
+came after its checkpoint anyway). A resumed unit first drops the lines at or after its checkpoint's step
+(and a torn last line): no gap, no duplicate.
 """
 
 from __future__ import annotations
@@ -33,9 +35,9 @@ class _CsvLog:
         if self.enabled:
             self.buffer.append(record)
             if len(self.buffer) >= FLUSH_EVERY:
-                self.flush()
+                self.flush(sync=False)
 
-    def flush(self) -> None:
+    def flush(self, sync: bool = True) -> None:
         if not self.buffer:
             return
         text = "".join(",".join(map(_text, self._values(r))) + "\n" for r in self.buffer)
@@ -44,8 +46,9 @@ class _CsvLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:
             f.write((",".join(self.columns) + "\n" if new else "") + text)
-            f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
 
     def _values(self, record: tuple) -> list:
         return list(record)
@@ -74,9 +77,9 @@ class StepLog(_CsvLog):
         kl, nll, bayes, n, general = sums.tolist() if isinstance(sums, torch.Tensor) else sums
         return [step, phase, int(n), *(v / n / LN2 if n else float("nan") for v in (kl, nll, bayes, general))]
 
-    def flush(self) -> None:
+    def flush(self, sync: bool = True) -> None:
         records = [dict(zip(STEP_COLUMNS, self._values(r))) for r in self.buffer] if self.on_flush else []
-        super().flush()
+        super().flush(sync)
         if records:
             self.on_flush(records)
 

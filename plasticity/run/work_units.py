@@ -130,7 +130,8 @@ class UnitRunner:
         if done is not None:
             self.events.advanced(unit.name, unit_steps(self.built, unit))
         else:
-            self.timing = {"train_seconds": 0.0, "eval_seconds": 0.0, "train_tokens": 0}
+            # record_seconds: a frozen arm's prequential record (a forward pass of every stream batch)
+            self.timing = {"train_seconds": 0.0, "eval_seconds": 0.0, "record_seconds": 0.0, "train_tokens": 0}
             done = {"pretrain": self._pretrain, "arm": self._arm, "fresh": self._fresh}[unit.kind](unit)
         if unit.kind == "pretrain":
             self._pretrained = done
@@ -298,12 +299,14 @@ class UnitRunner:
             rows = evaluator.evaluate(model, start, record=False, every_bank=True)  # replay picks each step's
             for step in sorted(evaluator.eval_steps):
                 evaluator.replay(rows, step)
+            t1 = time.perf_counter()
+            self.timing["eval_seconds"] += t1 - t0
             if self.cfg.eval.prequential:  # its predictions on the stream it does not train on
                 steps, _ = self._logs(unit)
                 steps.truncate(start)
                 record_frozen(model, self.stream, start, end, lambda *r: steps.add(r), self.built.device)
                 self._close_logs(unit, steps)
-            self.timing["eval_seconds"] += time.perf_counter() - t0
+            self.timing["record_seconds"] += time.perf_counter() - t1
         elif strategy.external_loop:  # e.g. an Avalanche strategy: its own training loop, our evaluator
             diverged = self._external(unit, strategy, model, evaluator, start, end)
         else:

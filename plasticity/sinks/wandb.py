@@ -25,7 +25,7 @@ from plasticity.eval.rows import FRESH_ARM as FRESH
 from plasticity.eval.rows import PRETRAIN_ARM as PRETRAIN
 from plasticity.eval.rows import ROW_KEYS, ROW_METRICS, is_group_metric
 from plasticity.run.rundir import git_commit
-from plasticity.run.sinks import RunSink
+from plasticity.run.sinks import BackgroundSink, RunSink
 from streams.checks import is_number
 
 STEP = "stream_step"
@@ -82,12 +82,14 @@ def _unset_empty_variables() -> None:
 
 
 def default_sinks(cfg: Any) -> list[RunSink]:
-    """The sinks a config asks for: a WandbSink unless the wandb mode resolves to disabled."""
+    """The sinks a config asks for: a WandbSink unless the wandb mode resolves to disabled, in a thread of
+    its own (its inits and phase-end images would otherwise hold up training)."""
     w = cfg.logger.wandb
     mode = resolve_mode(w.mode)
     if mode == "disabled":
         return []
-    return [WandbSink(mode=mode, project=w.project, entity=w.entity, group=w.group, tags=list(w.tags or []))]
+    return [BackgroundSink(WandbSink(mode=mode, project=w.project, entity=w.entity, group=w.group,
+                                     tags=list(w.tags or [])))]
 
 
 def _warn(msg: str) -> None:

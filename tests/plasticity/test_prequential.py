@@ -15,7 +15,7 @@ import pytorch_lightning as pl
 import torch
 
 from plasticity.entry import run
-from plasticity.eval.calibration import calibration
+from plasticity.eval.calibration import LN2, calibration, step_calibration
 from plasticity.eval.evaluator import evaluate_bank
 from plasticity.eval.prequential import Prequential, phase_figures
 from plasticity.models import build_model
@@ -79,6 +79,31 @@ def tiny_run(tmp_path_factory):
     path = tmp_path_factory.mktemp("prequential")
     summary = run(load_config("smoke", [*TINY, "arms=[frozen,naive]", "fresh=true"]), path)
     return summary, path
+
+
+def test_step_calibration_equals_the_accumulator_on_hard_inputs():
+    """The per-step sums (no log-softmax materialised) against CalibrationAccumulator's float64 log-softmax:
+    logits spread over ±60, posteriors with exact zeros, a general posterior, half the positions scored."""
+    g = torch.Generator().manual_seed(3)
+    B, T, V = 7, 9, 11
+    logits = (torch.randn(B, T, V, generator=g) * 20).clamp(-60, 60)
+    posterior = torch.rand(B, T, V, generator=g, dtype=torch.float64) * (torch.rand(B, T, V, generator=g) > 0.4)
+    posterior[..., 0] += 1e-3  # every row has mass
+    posterior /= posterior.sum(-1, keepdim=True)
+    general = torch.softmax(torch.randn(B, T, V, generator=g, dtype=torch.float64), -1)
+    scored = torch.rand(B, T, generator=g) < 0.5
+    scored[:, -1] = False
+    # next tokens drawn from the posterior, so the Bayes NLL is finite
+    tokens = torch.zeros(B, T, dtype=torch.long)
+    tokens[:, 1:] = torch.multinomial(posterior[:, :-1].reshape(-1, V), 1, generator=g).reshape(B, T - 1)
+    kl, nll, bayes, n, kl_general = step_calibration(logits, posterior, scored, tokens, general).tolist()
+    ref = calibration(logits, posterior, scored, tokens, general)
+    assert n == ref["n_scored"] == int(scored.sum())
+    assert kl / n / LN2 == pytest.approx(ref["kl_bits"], abs=1e-12, rel=0)
+    assert kl_general / n / LN2 == pytest.approx(ref["kl_bits_general"], abs=1e-12, rel=0)
+    assert nll / n / LN2 == pytest.approx(ref["nll_bits"], abs=1e-12, rel=0)
+    assert bayes / n / LN2 == pytest.approx(ref["bayes_nll_bits"], abs=1e-12, rel=0)
+    assert math.isnan(step_calibration(logits, posterior, scored, tokens)[4])
 
 
 def test_every_unit_has_one_record_per_step(tiny_run):

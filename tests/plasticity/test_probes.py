@@ -74,3 +74,42 @@ def test_unit_activity_and_probe_all(name):
     assert 1.0 <= out["effective_rank"] <= model.head.in_features
     assert out["weight_norm"] > 0 and out["distance_from_init"] == 0.0
     assert "distance_from_init" not in probe_all(model, tokens, tau=0.1)
+
+
+@pytest.mark.parametrize("name", list(SMALL))
+def test_the_evaluations_forward_gives_the_probes_their_own_numbers(name):
+    """The evaluator hands the probes what the forward scoring the current bank's first chunk recorded; they
+    must be exactly the numbers of the probes' own forward (model.features) on those tokens."""
+    from plasticity.eval.evaluator import evaluate_all
+    from plasticity.eval.probes import ProbeForward
+    from streams import make
+
+    torch.manual_seed(0)
+    family = make("dirichlet", n_symbols=4, length=11)
+    bank = family.sample(6, torch.Generator().manual_seed(1))
+    model = build_model({"name": name, **SMALL[name]}, family.vocab_size, bank.tokens.shape[1])
+    forward = ProbeForward()
+    evaluate_all(model, {0: bank, 1: bank[:2]}, 4, torch.device("cpu"), (bank, forward))
+    assert model.training and not any(layer.act._forward_hooks for layer in model.unit_layers())
+    assert forward.features is not None
+    shared = probe_all(model, bank.tokens[:4], tau=0.1, forward=forward)
+    assert shared == probe_all(model, bank.tokens[:4], tau=0.1)  # bit for bit
+
+    class NoHead(nn.Module):  # a model whose head is not a module named head: the probes' own forward
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def features(self, tokens):
+            return self.inner.features(tokens)
+
+        def forward(self, tokens):
+            return self.inner(tokens)
+
+        def unit_layers(self):
+            return self.inner.unit_layers()
+
+    headless = ProbeForward()
+    evaluate_all(NoHead(model), {0: bank}, 4, torch.device("cpu"), (bank, headless))
+    assert headless.features is None
+    assert probe_all(NoHead(model), bank.tokens[:4], tau=0.1, forward=headless) == shared

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from plasticity.run.config import load_config
+from plasticity.run.sinks import BackgroundSink
 from plasticity.sinks.wandb import WandbSink, default_sinks, resolve_mode
 
 PHASES = ["pretrain", "drift"]
@@ -111,9 +112,12 @@ def test_disabled_mode_makes_no_sink_and_no_files(wandb_env, monkeypatch):
 
 
 def test_default_sinks_follow_the_config(wandb_env):
-    (sink,) = default_sinks(load_config("smoke", ["logger.wandb.project=p", "logger.wandb.tags=[a,b]"]))
+    (background,) = default_sinks(load_config("smoke", ["logger.wandb.project=p", "logger.wandb.tags=[a,b]"]))
+    assert isinstance(background, BackgroundSink)  # in a thread of its own: training does not wait for wandb
+    sink = background.sink
     assert isinstance(sink, WandbSink) and sink.mode == "offline"
     assert sink.project == "p" and sink.tags == ["a", "b"]
+    background.close()
 
 
 # ------------------------------------------------------------------------------------------- offline
