@@ -15,7 +15,7 @@ import pytorch_lightning as pl
 import torch
 
 from plasticity.entry import run
-from plasticity.eval.calibration import LN2, calibration, step_calibration
+from plasticity.eval.calibration import calibration, step_calibration
 from plasticity.eval.evaluator import evaluate_bank
 from plasticity.eval.prequential import Prequential, phase_figures
 from plasticity.models import build_model
