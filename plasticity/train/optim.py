@@ -21,7 +21,7 @@ class OptimConfig:
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
     online_lr: float = 3e-4  # constant learning rate of online arms after pretraining
-    fused: bool = False  # AdamW's fused kernel (benchmarks/bench_parallel.py measured it on CPU; see docs)
+    fused: bool = False  # AdamW's fused kernel: on CPU 1.4% faster, not bit-identical (docs/benchmarks.md)
     optimizer: str = "adamw"  # adamw | sgd (plain SGD, the loss-of-plasticity papers' other optimizer)
     momentum: float = 0.0  # SGD's momentum
 
