@@ -106,18 +106,24 @@ def config_setting(config: dict, drop: tuple[str, ...] = ()) -> dict[str, str]:
 def setting_labels(settings: list[dict[str, str]]) -> list[str]:
     """Each setting's label among its peers, `key=value, ...`: for every key that varies, the settings that
     differ from its most common value (the others' shared baseline), or every setting when no value is
-    shared; "-" for a setting with nothing to tell."""
+    more common than the others (a grid); "-" for a setting with nothing to tell. Where a block's `name`
+    varies (`model.name`, `stream.phases.0.name`), the name stands for the block: `model=lstm`, and the
+    block's other keys, which follow from the choice, are not listed."""
     keys = list(dict.fromkeys(k for s in settings for k in s))
+    varying = [k for k in keys if len({s.get(k, "unset") for s in settings}) > 1]
+    named = {k.removesuffix(".name") for k in varying if k.endswith(".name")}
     labels: list[list[str]] = [[] for _ in settings]
-    for key in keys:
-        values = [s.get(key, "unset") for s in settings]
-        counts = Counter(values)
-        if len(counts) < 2:
+    for key in varying:
+        block = key.removesuffix(".name") if key.endswith(".name") else None
+        if any(key.startswith(f"{b}.") and b != block for b in named):  # inside a block its name stands for
             continue
-        common, n = counts.most_common(1)[0]
+        values = [s.get(key, "unset") for s in settings]
+        ranked = Counter(values).most_common()
+        common, n = ranked[0]
+        shared = n > 1 and (len(ranked) == 1 or ranked[1][1] < n)
         for parts, value in zip(labels, values):
-            if n == 1 or value != common:
-                parts.append(f"{key}={short_value(value)}")
+            if not shared or value != common:
+                parts.append(f"{block or key}={short_value(value)}")
     return [", ".join(parts) or "-" for parts in labels]
 
 

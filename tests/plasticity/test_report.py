@@ -171,6 +171,12 @@ def test_setting_labels_name_what_differs_from_the_common_value():
     assert setting_labels(settings) == ["-", "optim.lr=0.003", "model.layer_norm=False", "-"]
     assert setting_labels([{"a": "1"}, {"a": "2"}]) == ["a=1", "a=2"]  # no shared value: every one named
     assert setting_labels([{"a": '"x"'}, {}]) == ["a=x", "a=unset"]
+    # a grid: no value is more common than another, so every setting names its own; a block whose name
+    # varies is named by it, and its other keys (which follow from the choice) are not listed
+    grid = [{"model.name": f'"{m}"', "model.hidden": h, "model.match.name": f'"{m}"', "stream.phases.0.name": f'"{t}"',
+             "optim.lr": "0.001"} for m, h in (("lstm", "79"), ("mlp", "90")) for t in ("recall", "hmm")]
+    assert setting_labels(grid) == ["model=lstm, stream.phases.0=recall", "model=lstm, stream.phases.0=hmm",
+                                    "model=mlp, stream.phases.0=recall", "model=mlp, stream.phases.0=hmm"]
     assert flatten({"stream": {"phases": [{"tasks": 4}, {"tasks": 1}]}}) == {
         "stream.phases.0.tasks": "4", "stream.phases.1.tasks": "1"}
 
