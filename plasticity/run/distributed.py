@@ -70,16 +70,6 @@ def trainer_strategy(cfg: DictConfig, device_type: str):
                        process_group_backend="nccl" if device_type == "cuda" else "gloo")
 
 
-def without_lightning_sigterm(trainer, cfg: DictConfig):
-    """Under DDP, Lightning 2.6's SIGTERM handler broadcasts from inside the handler: when the signal lands
-    in the middle of another collective (a gradient all-reduce) the ranks deadlock. Our StopFlag only sets
-    a flag, and the Checkpointer reduces it over the ranks at a step boundary, so Lightning's is left out."""
-    connector = getattr(trainer, "_signal_connector", None)
-    if connector is not None and enabled(cfg):
-        connector.register_signal_handlers = lambda: None
-    return trainer
-
-
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

@@ -75,6 +75,7 @@ class Pool:
             procs.append(proc)
         outcome: dict[tuple[int, str], str] = dict.fromkeys(done, "done")
         busy: dict[int, Job] = {}  # worker -> its job
+        closed: set[int] = set()  # workers whose pipe was read to its end
         pending = sorted(jobs, key=lambda j: -j.steps)
         stopping = False
         try:
@@ -102,18 +103,21 @@ class Pool:
                             outcome[(job.run, job.unit.name)] = why
                         pending = []
                         break
-                live = [c for w, c in enumerate(conns) if procs[w].is_alive() or c.poll()]
+                live = [c for w, c in enumerate(conns) if w not in closed]  # a pipe at its end stays "ready"
                 ready = wait([*live, *(p.sentinel for w, p in enumerate(procs) if w in busy)], POLL_SECONDS)
                 for w, (conn, proc) in enumerate(zip(conns, procs)):
-                    while conn in ready and _readable(conn):
+                    while conn in ready and w not in closed and _readable(conn):
                         try:
                             message = conn.recv()
                         except (EOFError, OSError):
+                            closed.add(w)
                             break
                         self._handle(message, w, busy, runs, outcome)
-                    if w in busy and not proc.is_alive() and not _readable(conn):
+                    if w in busy and not proc.is_alive() and (w in closed or not _readable(conn)):
+                        # its worker ended without reporting the unit: stopped before it began it, or killed
                         job = busy.pop(w)
-                        outcome[(job.run, job.unit.name)] = (f"its worker process ended with status "
+                        outcome[(job.run, job.unit.name)] = ("preempted" if stopping else
+                                                             f"its worker process ended with status "
                                                              f"{proc.exitcode} (killed: out of memory?)")
             return outcome
         finally:

@@ -223,9 +223,8 @@ class UnitRunner:
         t0, eval0 = time.perf_counter(), evaluator.seconds
         diverged = None
         if first < end:
-            trainer = distributed.without_lightning_sigterm(make_trainer(
-                self.built.device, end - first, callbacks, self.cfg.trainer.deterministic, self.world,
-                distributed.trainer_strategy(self.cfg, self.built.device.type)), self.cfg)
+            trainer = make_trainer(self.built.device, end - first, callbacks, self.cfg.trainer.deterministic,
+                                   self.world, distributed.trainer_strategy(self.cfg, self.built.device.type))
             with warnings.catch_warnings():
                 for pattern in _LIGHTNING_NOISE:
                     warnings.filterwarnings("ignore", pattern)

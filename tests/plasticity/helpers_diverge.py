@@ -3,6 +3,7 @@
 Loaded by import path (`helpers_diverge:Explode`, with this folder on sys.path / PYTHONPATH), the way a
 user's own strategy is."""
 
+import os
 from dataclasses import dataclass
 
 from plasticity.strategies.base import Strategy
@@ -33,4 +34,19 @@ class Crash(Strategy):
     def penalty(self, module, batch, logits):
         if module.stream_step >= self.params.at:
             raise RuntimeError(f"crash at step {module.stream_step}")
+        return None
+
+
+class Vanish(Strategy):
+    """The process dies at stream step `at` with no word, as the out-of-memory killer ends it."""
+
+    name = "vanish"
+
+    @dataclass
+    class Params:
+        at: int = 0
+
+    def penalty(self, module, batch, logits):
+        if module.stream_step >= self.params.at:
+            os._exit(9)
         return None

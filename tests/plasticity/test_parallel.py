@@ -79,14 +79,16 @@ def test_auto_uses_the_cores_this_process_may_use(monkeypatch):
     assert resolve_workers(cfg, 20) == 3 and resolve_workers(cfg, 2) == 2
 
 
-def test_a_diverging_and_a_crashing_unit_stop_alone(tmp_path, monkeypatch, capsys):
+def test_a_diverging_a_crashing_and_a_killed_unit_stop_alone(tmp_path, monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(HERE))  # the workers import the strategies by path, as a user's own
     arms = {"naive": {"strategy": "naive"}, "explode": {"strategy": "helpers_diverge:Explode", "at": 55},
-            "crash": {"strategy": "helpers_diverge:Crash", "at": 60}}
+            "crash": {"strategy": "helpers_diverge:Crash", "at": 60},
+            "vanish": {"strategy": "helpers_diverge:Vanish", "at": 50}}  # its worker dies without a word
     code = main(["run", "smoke", *TINY, f"arms={json.dumps(arms)}", "trainer.workers=2", f"run.dir={tmp_path}"])
     err = capsys.readouterr().err
     assert code == 1
-    assert "1 units failed (crash: RuntimeError: crash at step 60)" in err.splitlines()[-1]
+    assert ("2 units failed (crash: RuntimeError: crash at step 60; vanish: its worker process ended with status 9 "
+            "(killed: out of memory?))") in err.splitlines()[-1]
     assert "RuntimeError: crash at step 60" in err  # its traceback, from the worker
     for unit in ("pretrained", "naive", "explode", "fresh@1", "fresh@2"):  # the others finished
         assert (tmp_path / "checkpoints" / f"{unit}.pt").is_file(), unit

@@ -86,6 +86,32 @@ def test_sigterm_writes_a_checkpoint_and_exits_143(reference, tmp_path):
     assert _metrics(reference) == _metrics(tmp_path)
 
 
+def test_sigterm_right_after_the_steps_stop_check_still_checkpoints_at_the_next_step(tmp_path, monkeypatch):
+    """The signal lands after the Checkpointer has read the stop flag for this step: the stop belongs to the
+    next step. (Lightning's own SIGTERM handler, left installed, raised its SIGTERMException, a SystemExit, at
+    the end of this step instead: no checkpoint, and a pool worker died without reporting its unit.)"""
+    import plasticity.run.work_units as work_units
+    from plasticity.run.build import build
+    from plasticity.run.config import load_config
+    from plasticity.run.experiment import Experiment
+    from plasticity.train.checkpointing import Checkpointer
+    from plasticity.train.stopping import Preempted
+
+    class SignalAfterTheCheck(Checkpointer):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+            if pl_module.stream_step == 7:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(work_units, "Checkpointer", SignalAfterTheCheck)
+    cfg = load_config("smoke", ["progress=false", "plots=false", "trainer.threads=1", "arms=[naive]", "fresh=false",
+                                "model.d_model=16", "model.d_ff=32", "model.n_heads=2", "stream.phases.0.steps=20",
+                                "stream.phases.1.steps=10", "run.checkpoint_every=0"])
+    with pytest.raises(Preempted, match="SIGTERM at step 8"):
+        Experiment(build(cfg), tmp_path).run()
+    assert torch.load(tmp_path / "checkpoints" / "pretrained-last.pt", weights_only=True)["stream_step"] == 8
+
+
 def test_resume_tolerates_a_truncated_last_metrics_line(tmp_path):
     from plasticity.run.rundir import RunDir
 
