@@ -39,11 +39,7 @@ class Sinks:
 
     def call(self, hook: str, *args: Any) -> None:
         for sink in list(self.sinks):
-            try:
-                getattr(sink, hook)(*args)
-            except Exception as e:  # noqa: BLE001 - a dashboard must never take the run down
-                print(f"warning: {type(sink).__name__}.{hook} failed ({type(e).__name__}: {e}); "
-                      "disabled for the rest of the run — the run directory has everything", file=sys.stderr)
+            if not _called(sink, hook, args):
                 self.sinks.remove(sink)
 
 
@@ -85,11 +81,17 @@ class BackgroundSink(RunSink):
         while True:
             hook, args = self._queue.get()
             if not self._failed:
-                try:
-                    getattr(self.sink, hook)(*args)
-                except Exception as e:  # noqa: BLE001 - a dashboard must never take the run down
-                    self._failed = True
-                    print(f"warning: {type(self.sink).__name__}.{hook} failed ({type(e).__name__}: {e}); "
-                          "disabled for the rest of the run — the run directory has everything", file=sys.stderr)
+                self._failed = not _called(self.sink, hook, args)
             if hook == "close":
                 return
+
+
+def _called(sink: RunSink, hook: str, args: tuple) -> bool:
+    """Call a sink's hook; False, with one line on stderr, if it raised (the caller then drops the sink)."""
+    try:
+        getattr(sink, hook)(*args)
+        return True
+    except Exception as e:  # noqa: BLE001 - a dashboard must never take the run down
+        print(f"warning: {type(sink).__name__}.{hook} failed ({type(e).__name__}: {e}); "
+              "disabled for the rest of the run — the run directory has everything", file=sys.stderr)
+        return False

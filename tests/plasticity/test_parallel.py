@@ -130,23 +130,23 @@ def test_a_killed_parent_leaves_no_worker_and_resume_finishes_identically(sequen
     env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled"}
     # stderr to a file, not a pipe: the workers share it, and a pipe nobody reads until the end blocks every
     # writer once 64 KiB of warnings fill it, which hangs the parent the test is waiting for
-    err = open(tmp_path / "stderr.txt", "w+")
-    parent = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=err, text=True)
-    deadline = time.time() + 120
-    workers: set[int] = set()
-    arms = [f"{arm}-last.pt" for arm in ARMS]
-    while time.time() < deadline:  # until an arm has checkpointed in the middle of its phases
+    with open(tmp_path / "stderr.txt", "w+") as err:
+        parent = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        deadline = time.time() + 120
+        workers: set[int] = set()
+        arms = [f"{arm}-last.pt" for arm in ARMS]
+        while time.time() < deadline:  # until an arm has checkpointed in the middle of its phases
+            workers |= _children(parent.pid)
+            if any((path / "checkpoints" / name).exists() for name in arms):
+                break
+            time.sleep(0.05)
         workers |= _children(parent.pid)
-        if any((path / "checkpoints" / name).exists() for name in arms):
-            break
-        time.sleep(0.05)
-    workers |= _children(parent.pid)
-    assert len(workers) >= 2, "the workers never started"
-    parent.send_signal(sig)
-    parent.wait(timeout=120)  # the parent joins each stopped worker for up to 30 s before killing it
-    if sig == signal.SIGTERM:
-        err.seek(0)
-        assert parent.returncode == 143, err.read()[-2000:]
+        assert len(workers) >= 2, "the workers never started"
+        parent.send_signal(sig)
+        parent.wait(timeout=120)  # the parent joins each stopped worker for up to 30 s before killing it
+        if sig == signal.SIGTERM:
+            err.seek(0)
+            assert parent.returncode == 143, err.read()[-2000:]
     gone = time.time() + 60
     while any(_alive(w) for w in workers) and time.time() < gone:
         time.sleep(0.1)
