@@ -16,10 +16,11 @@ two Linear layers with biases so the gate's channels are hidden units (`unit_lay
 them as dormant, CBP/ReDo re-initialize them; a re-initialized channel's out_proj column is zeroed, so the
 new channel adds nothing until it learns).
 
-The scan is exact and sequential (`SelectiveScan`): one position at a time, on a state [batch, d_inner,
-d_state], with the backward pass written out as a reverse scan. Its cost is
-elementwise work on batch × T × d_inner × d_state numbers, which eager PyTorch cannot fuse as the
-reference CUDA kernel does (benchmarks/bench_architectures.py measures it against the LSTM).
+The scan is exact and sequential (`SelectiveScan`): one position at a time, on a state [batch, d_state,
+d_inner], with the backward pass written out as a reverse scan that recomputes the states between the
+few the forward keeps. Its cost is elementwise work on batch × T × d_inner × d_state numbers, which eager
+PyTorch cannot fuse as the reference CUDA kernel does (benchmarks/bench_architectures.py measures it
+against the LSTM; docs/benchmarks.md says what dominates).
 """
 
 from __future__ import annotations
@@ -65,58 +66,108 @@ class MambaConfig:
         return self.dt_rank or math.ceil(self.d_model / 16)
 
 
+CHUNK = 8  # positions between the states a training forward keeps; the backward recomputes the others
+
+
+class _Scan:
+    """The forward recurrence on time-major inputs, delta, x [T, B, e], Bm, C [T, B, n], A [n, e], with its
+    per-position buffers allocated once: `step(t, h_prev, out)` writes h_t into `out` ([B, n, e])."""
+
+    def __init__(self, delta, A, Bm, x):
+        self.delta, self.A, self.Bm, self.dx = delta, A, Bm, delta * x
+        shape = (x.shape[1], A.shape[0], x.shape[2])
+        self.decay, self.inp = x.new_empty(shape), x.new_empty(shape)
+
+    def step(self, t: int, h_prev: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
+        if h_prev is None:  # h_{-1} = 0
+            return torch.mul(self.dx[t, :, None, :], self.Bm[t, :, :, None], out=out)
+        torch.mul(self.dx[t, :, None, :], self.Bm[t, :, :, None], out=self.inp)  # Δ_t x_t ⊗ B_t
+        torch.mul(self.delta[t, :, None, :], self.A, out=self.decay).exp_()
+        return torch.addcmul(self.inp, self.decay, h_prev, out=out)
+
+
+def _scan(delta, A, Bm, C, x, every: int = 0):
+    """y [T, B, e] and, with `every`, the states h_t at t = every - 1, 2 every - 1, ... (the last excluded)."""
+    T, Bsz, e = x.shape
+    scan = _Scan(delta, A, Bm, x)
+    y = x.new_empty(T, Bsz, e)
+    ring = x.new_empty(2, Bsz, A.shape[0], e)
+    kept = x.new_empty((T - 1) // every if every else 0, Bsz, A.shape[0], e)
+    h = None
+    for t in range(T):
+        h = scan.step(t, h, ring[t % 2])
+        torch.bmm(C[t, :, None, :], h, out=y[t, :, None, :])
+        if every and (t + 1) % every == 0 and t + 1 < T:
+            kept[(t + 1) // every - 1].copy_(h)
+    return y, kept
+
+
 class SelectiveScan(torch.autograd.Function):
     """y_t = C_t · h_t with h_t = exp(Δ_t A) ⊙ h_{t-1} + (Δ_t x_t) ⊗ B_t, h_{-1} = 0, one position at a time.
 
-    Shapes: delta, x [B, T, e]; A [e, n]; Bm, C [B, T, n]; y [B, T, e]. The state [B, e, n] of one position
-    stays in cache, and the backward pass is written out (a reverse scan) rather than recorded by autograd,
-    which would keep every per-position intermediate. Only the states h_t are stored."""
+    Shapes: delta, x [B, T, e]; A [e, n]; Bm, C [B, T, n]; y [B, T, e]. Inside, time-major, and a state is
+    [B, n, e] with the channels contiguous: the contractions over n (C_t · h_t, and B_t's in the backward)
+    are then batched row-vector products, several times faster on a CPU than reductions over a short last
+    axis. Each position's ops write into buffers allocated once per call and touch one state (64 x 16 x 164
+    floats at the default sizes: in cache). The forward keeps every CHUNK-th state only; the backward, a
+    reverse scan written out rather than recorded by autograd, recomputes a chunk's states from the one
+    before it. Keeping all T states instead (43 MB per layer at the default sizes) cost more than the
+    recomputation: fresh memory is page-faulted in on its first touch, at several times the arithmetic's
+    cost on this VM (docs/benchmarks.md)."""
 
     @staticmethod
     def forward(ctx, delta, A, Bm, C, x):
-        # time-major and contiguous: each position's slice is one block of memory
         delta, Bm, C, x = (v.transpose(0, 1).contiguous() for v in (delta, Bm, C, x))
-        T, Bsz, e = x.shape
-        dx = delta * x
-        h = x.new_zeros(Bsz, e, A.shape[1])
-        hs = x.new_empty(T, Bsz, e, A.shape[1])
-        y = x.new_empty(T, Bsz, e)
-        for t in range(T):
-            h = torch.addcmul(dx[t, :, :, None] * Bm[t, :, None, :], torch.exp(delta[t, :, :, None] * A), h,
-                              out=hs[t])
-            torch.bmm(h, C[t, :, :, None], out=y[t, :, :, None])
-        ctx.save_for_backward(delta, A, Bm, C, x, hs)
+        At = A.t().contiguous()
+        y, kept = _scan(delta, At, Bm, C, x, every=CHUNK)
+        ctx.save_for_backward(delta, At, Bm, C, x, kept)
         return y.transpose(0, 1)
 
     @staticmethod
     def backward(ctx, gy):
-        delta, A, Bm, C, x, hs = ctx.saved_tensors
+        delta, At, Bm, C, x, kept = ctx.saved_tensors
         gy = gy.transpose(0, 1).contiguous()
-        dx = delta * x
-        g_delta, g_dx = torch.zeros_like(delta), torch.empty_like(x)
+        T = x.shape[0]
+        scan = _Scan(delta, At, Bm, x)
+        dx = scan.dx
+        g_delta, g_dx = torch.empty_like(delta), torch.empty_like(x)
         g_B, g_C = torch.empty_like(Bm), torch.empty_like(C)
-        g_A = torch.zeros_like(A)
-        g_h = torch.zeros_like(hs[0])  # dL/dh_t through h_{t+1}, ..., accumulated backwards
-        for t in reversed(range(x.shape[0])):
-            g_h = torch.addcmul(g_h, gy[t, :, :, None], C[t, :, None, :])
-            torch.bmm(gy[t, :, None, :], hs[t], out=g_C[t, :, None, :])
-            torch.bmm(g_h, Bm[t, :, :, None], out=g_dx[t, :, :, None])
-            torch.bmm(dx[t, :, None, :], g_h, out=g_B[t, :, None, :])
-            decay = torch.exp(delta[t, :, :, None] * A)
-            if t > 0:  # h_t depends on exp(Δ_t A) through h_{t-1} only (h_{-1} = 0)
-                g_log = g_h * hs[t - 1] * decay  # dL/d(Δ_t A)
-                g_delta[t] = (g_log * A).sum(-1)
-                g_A += torch.einsum("ben,be->en", g_log, delta[t])
-            g_h = g_h * decay
+        g_At = torch.zeros_like(At)
+        hs = x.new_empty(CHUNK, x.shape[1], At.shape[0], x.shape[2])  # one chunk's states
+        g_h = torch.zeros_like(hs[0])  # dL/dh_t through y_t, h_{t+1}, ..., accumulated backwards
+        decay, g_log, tmp = (torch.empty_like(g_h) for _ in range(3))
+        for start in reversed(range(0, T, CHUNK)):
+            before = kept[start // CHUNK - 1] if start else None  # h_{start - 1}
+            h = before
+            for t in range(start, min(start + CHUNK, T)):  # this chunk's states again
+                h = scan.step(t, h, hs[t - start])
+            for t in reversed(range(start, min(start + CHUNK, T))):
+                h, h_prev = hs[t - start], (hs[t - start - 1] if t > start else before)
+                g_h.addcmul_(gy[t, :, None, :], C[t, :, :, None])
+                torch.bmm(h, gy[t, :, :, None], out=g_C[t, :, :, None])
+                torch.bmm(Bm[t, :, None, :], g_h, out=g_dx[t, :, None, :])
+                torch.bmm(g_h, dx[t, :, :, None], out=g_B[t, :, :, None])
+                if h_prev is None:  # h_0 does not depend on exp(Δ_0 A): h_{-1} = 0
+                    g_delta[0].zero_()
+                    continue
+                torch.mul(delta[t, :, None, :], At, out=decay).exp_()
+                torch.mul(g_h, h_prev, out=g_log).mul_(decay)  # dL/d(Δ_t A)
+                torch.sum(torch.mul(g_log, At, out=tmp), 1, out=g_delta[t])
+                g_At += torch.mul(g_log, delta[t, :, None, :], out=tmp).sum(0)
+                g_h.mul_(decay)
         g_delta += g_dx * x
         g_dx *= delta
         g_delta, g_B, g_C, g_dx = (v.transpose(0, 1) for v in (g_delta, g_B, g_C, g_dx))
-        return g_delta, g_A, g_B, g_C, g_dx
+        return g_delta, g_At.t(), g_B, g_C, g_dx
 
 
 def selective_scan(delta, A, Bm, C, x) -> torch.Tensor:
-    """The selective SSM's output C_t · h_t for every position (see SelectiveScan)."""
-    return SelectiveScan.apply(delta, A, Bm, C, x)
+    """The selective SSM's output C_t · h_t for every position (see SelectiveScan); under no_grad, or with no
+    input that needs a gradient, the scan keeps no states."""
+    if torch.is_grad_enabled() and any(v.requires_grad for v in (delta, A, Bm, C, x)):
+        return SelectiveScan.apply(delta, A, Bm, C, x)
+    delta, Bm, C, x = (v.transpose(0, 1).contiguous() for v in (delta, Bm, C, x))
+    return _scan(delta, A.t().contiguous(), Bm, C, x)[0].transpose(0, 1)
 
 
 class Mixer(nn.Module):
