@@ -52,3 +52,24 @@ def test_half_change_step_by_hand():
     assert half([(0, 1.0), (10, 0.8), (20, 0.5), (30, 0.1), (40, 0.0)], floor=0.01) == 20
     assert half([(0, 0.2), (10, 0.9), (20, 1.0)], floor=0.01) == 10  # rising
     assert half([(0, 0.5), (10, 0.502)], floor=0.01) is None  # no change worth the name
+
+
+def test_length_generalisation_splits_the_curve_at_the_training_length(tmp_path, monkeypatch, capsys):
+    import json
+    import shutil
+
+    cfg = load_config("compare_architectures", ["stream=recall_longer", "model=transformer_rotary", "progress=false",
+                                                "plots=false", "stream.phases.0.steps=4", "eval.every=4",
+                                                "eval.size=16"])
+    run(cfg, tmp_path / "seed0")
+    shutil.copytree(tmp_path / "seed0", tmp_path / "seed1")
+    # recall trained with 4 queries is T = 25 (positions 0..23 trained), evaluated with 16: T = 49
+    for seed, (inside, beyond) in ((0, (1.0, 3.0)), (1, (2.0, 5.0))):
+        curve = [None if t % 2 else (inside if t < 24 else beyond) for t in range(49)]
+        row = {"arm": "pretrain", "step": 4, "eval_phase": 0, "kl_bits_by_position": curve}
+        (tmp_path / f"seed{seed}" / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+    out = run_script("length_generalisation.py", str(tmp_path), monkeypatch=monkeypatch, capsys=capsys)
+    half_width = 12.706204736174698 * (2 ** 0.5 / 2) / 2 ** 0.5  # t_{0.975,1} · s / sqrt(n), s of (1, 2)
+    assert f"| recall | transformer (rotary) | 25 → 49 | 2 | 1.5000 ± {half_width:.4f} | 4.0000 ± " in out
+    assert (tmp_path / "length_generalisation.csv").exists()
+    assert (tmp_path / "plots" / "length_generalisation.png").stat().st_size > 0

@@ -1,0 +1,141 @@
+"""Length generalisation: KL to the posterior within the training length and beyond it, per architecture and task.
+
+    python scripts/length_generalisation.py [runs/sweeps/lengths ...] [--out DIR]
+
+Reads every finished run under the given folders (configs/sweep/lengths.yaml: trained at one length, the eval
+bank longer). From each run's last evaluation it takes the KL by position: position t scores the prediction
+of token t + 1 from tokens 0..t, so positions t <= T_train - 2 were trained and t >= T_train - 1 never were.
+Per (task, model): the mean KL over the scored positions within and beyond, mean ± 95% Student-t interval
+over seeds. Writes length_generalisation.md / .csv and plots/length_generalisation.png (mean over seeds by
+position, the training length marked) into --out (default: the first folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import yaml
+
+from plasticity.results.stats import mean_ci
+from streams.stream import Stream
+
+
+def _final_curve(run: Path) -> list | None:
+    """The last evaluation's KL by position on the stream's first (only) phase."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r.get("eval_phase") == 0 and r.get("kl_bits_by_position")]
+    return max(rows, key=lambda r: r["step"])["kl_bits_by_position"] if rows else None
+
+
+def _label(model: dict) -> str:
+    return model["name"] + (" (rotary)" if model.get("rotary") else "")
+
+
+def collect(folders: list[Path]) -> dict:
+    """{(task, model): {"trained": T_train, "curves": [per seed]}}."""
+    found: dict = defaultdict(lambda: {"curves": [], "seeds": []})
+    for folder in folders:
+        for run in sorted(p.parent for p in folder.rglob("summary.json")):
+            cfg = yaml.safe_load((run / "config.yaml").read_text())
+            task = Stream.from_spec(cfg["stream"], seed=cfg["seed"]).tasks[0]
+            curve = _final_curve(run)
+            if curve is None or task.eval_family.seq_len <= task.family.seq_len:
+                continue  # not evaluated beyond its training length
+            entry = found[(task.family.name, _label(cfg["model"]))]
+            entry.update(trained=task.family.seq_len, evaluated=task.eval_family.seq_len)
+            entry["curves"].append(curve)
+            entry["seeds"].append(cfg["seed"])
+    return dict(found)
+
+
+def _mean(values: list) -> float | None:
+    vals = [v for v in values if v is not None]
+    return statistics.fmean(vals) if vals else None
+
+
+def summarise(found: dict) -> list[dict]:
+    rows = []
+    for (task, model), e in sorted(found.items()):
+        cut = e["trained"] - 1  # the first position never trained
+        within = mean_ci([_mean(c[:cut]) for c in e["curves"]])
+        beyond = mean_ci([_mean(c[cut:]) for c in e["curves"]])
+        rows.append({"task": task, "model": model, "trained_length": e["trained"], "eval_length": e["evaluated"],
+                     "seeds": len(e["curves"]), "kl_within": within["mean"], "kl_within_ci95": within["ci95"],
+                     "kl_beyond": beyond["mean"], "kl_beyond_ci95": beyond["ci95"],
+                     "per_seed_beyond": [round(v, 4) for v in beyond["values"]]})
+    return rows
+
+
+def _pm(mean, ci) -> str:
+    return "-" if mean is None else f"{mean:.4f}" + (f" ± {ci:.4f}" if ci is not None else "")
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| task | model | trained T → eval T | seeds | KL within (bits) | KL beyond (bits) | beyond, per seed |",
+             "|---|---|---|---:|---:|---:|---|"]
+    for r in rows:
+        lines.append(f"| {r['task']} | {r['model']} | {r['trained_length']} → {r['eval_length']} | {r['seeds']} | "
+                     f"{_pm(r['kl_within'], r['kl_within_ci95'])} | {_pm(r['kl_beyond'], r['kl_beyond_ci95'])} | "
+                     f"{r['per_seed_beyond']} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(found: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({task for task, _ in found})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.8), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for (t, model), e in sorted(found.items()):
+            if t != task:
+                continue
+            by_pos = [_mean([c[i] for c in e["curves"]]) for i in range(len(e["curves"][0]))]
+            xs = [i for i, v in enumerate(by_pos) if v is not None]
+            ax.plot(xs, [max(by_pos[i], 1e-5) for i in xs], label=f"{model} ({len(e['curves'])} seeds)")
+            ax.axvline(e["trained"] - 1.5, color="grey", ls="--", lw=1)
+        ax.set_yscale("log")
+        ax.set_title(f"{task}: trained length marked")
+        ax.set_xlabel("position t (predicting token t + 1)")
+        ax.set_ylabel("KL to the posterior (bits)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("folders", nargs="*", type=Path, default=[Path("runs/sweeps/lengths")])
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    out = args.out or args.folders[0]
+    found = collect(args.folders)
+    if not found:
+        print(f"error: no finished run evaluated beyond its training length under "
+              f"{', '.join(map(str, args.folders))}", file=sys.stderr)
+        raise SystemExit(2)
+    rows = summarise(found)
+    table = markdown(rows)
+    print(table, end="")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "length_generalisation.md").write_text(table)
+    with open(out / "length_generalisation.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    plot(found, out / "plots" / "length_generalisation.png")
+    print(f"wrote {out / 'length_generalisation.md'}, .csv and plots/length_generalisation.png")
+
+
+if __name__ == "__main__":
+    main()
