@@ -377,3 +377,14 @@ def test_a_killed_trial_is_recorded_failed_then_resumed_to_the_same_result(tmp_p
                     tmp_path / "reference")
     assert json.loads((victim / "summary.json").read_text())["arms"] == reference["arms"]
     assert (victim / "metrics.jsonl").read_text() == (tmp_path / "reference" / "metrics.jsonl").read_text()
+
+
+SHIPPED = sorted((Path(__file__).resolve().parents[2] / "configs" / "sweep").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_every_shipped_sweep_validates_every_trial(path, tmp_path, capsys):
+    assert main(["sweep", str(path), "--dry-run", "--out", str(tmp_path / "out")]) == 0
+    listed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
+    assert listed and all("[to run]" in line for line in listed)
+    assert not (tmp_path / "out").exists()  # a dry run writes nothing
