@@ -111,9 +111,8 @@ class SelectiveScan(torch.autograd.Function):
     axis. Each position's ops write into buffers allocated once per call and touch one state (64 x 16 x 164
     floats at the default sizes: in cache). The forward keeps every CHUNK-th state only; the backward, a
     reverse scan written out rather than recorded by autograd, recomputes a chunk's states from the one
-    before it. Keeping all T states instead (43 MB per layer at the default sizes) cost more than the
-    recomputation: fresh memory is page-faulted in on its first touch, at several times the arithmetic's
-    cost on this VM (docs/benchmarks.md)."""
+    before it. Keeping all T states instead (43 MB per layer at the default sizes, written and read back
+    through DRAM) measured slower than recomputing them in cache (docs/benchmarks.md)."""
 
     @staticmethod
     def forward(ctx, delta, A, Bm, C, x):
