@@ -6,8 +6,9 @@ Reads every finished run under the given folders (configs/sweep/lengths.yaml: tr
 bank longer). From each run's last evaluation it takes the KL by position: position t scores the prediction
 of token t + 1 from tokens 0..t, so positions t <= T_train - 2 were trained and t >= T_train - 1 never were.
 Per (task, model): the mean KL over the scored positions within and beyond, mean ± 95% Student-t interval
-over seeds. Writes length_generalisation.md / .csv and plots/length_generalisation.png (mean over seeds by
-position, the training length marked) into --out (default: the first folder).
+over seeds (and each seed's, in seed order). Writes length_generalisation.md / .csv and
+plots/length_generalisation.png (mean over seeds by position, the training length marked) into --out
+(default: the first folder).
 """
 
 from __future__ import annotations
@@ -62,12 +63,14 @@ def _mean(values: list) -> float | None:
 def summarise(found: dict) -> list[dict]:
     rows = []
     for (task, model), e in sorted(found.items()):
+        e["seeds"], e["curves"] = zip(*sorted(zip(e["seeds"], e["curves"]), key=lambda sc: sc[0]))  # seed order
         cut = e["trained"] - 1  # the first position never trained
         within = mean_ci([_mean(c[:cut]) for c in e["curves"]])
         beyond = mean_ci([_mean(c[cut:]) for c in e["curves"]])
         rows.append({"task": task, "model": model, "trained_length": e["trained"], "eval_length": e["evaluated"],
                      "seeds": len(e["curves"]), "kl_within": within["mean"], "kl_within_ci95": within["ci95"],
                      "kl_beyond": beyond["mean"], "kl_beyond_ci95": beyond["ci95"],
+                     "per_seed_within": [round(v, 4) for v in within["values"]],
                      "per_seed_beyond": [round(v, 4) for v in beyond["values"]]})
     return rows
 
@@ -77,12 +80,12 @@ def _pm(mean, ci) -> str:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| task | model | trained T → eval T | seeds | KL within (bits) | KL beyond (bits) | beyond, per seed |",
-             "|---|---|---|---:|---:|---:|---|"]
+    lines = ["| task | model | trained T → eval T | seeds | KL within (bits) | KL beyond (bits) "
+             "| within, beyond per seed |", "|---|---|---|---:|---:|---:|---|"]
     for r in rows:
         lines.append(f"| {r['task']} | {r['model']} | {r['trained_length']} → {r['eval_length']} | {r['seeds']} | "
                      f"{_pm(r['kl_within'], r['kl_within_ci95'])} | {_pm(r['kl_beyond'], r['kl_beyond_ci95'])} | "
-                     f"{r['per_seed_beyond']} |")
+                     f"{r['per_seed_within']}, {r['per_seed_beyond']} |")
     return "\n".join(lines) + "\n"
 
 
