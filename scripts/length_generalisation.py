@@ -15,21 +15,19 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
 
-import yaml
-
+from plasticity.results.runs import find, load
 from plasticity.results.stats import mean_ci
+from plasticity.run.config import ConfigError
 from streams.stream import Stream
 
 
-def _final_curve(run: Path) -> list | None:
+def _final_curve(rows: list[dict]) -> list | None:
     """The last evaluation's KL by position on the stream's first (only) phase."""
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     rows = [r for r in rows if r.get("eval_phase") == 0 and r.get("kl_bits_by_position")]
     return max(rows, key=lambda r: r["step"])["kl_bits_by_position"] if rows else None
 
@@ -39,20 +37,25 @@ def _label(model: dict) -> str:
 
 
 def collect(folders: list[Path]) -> dict:
-    """{(task, model): {"trained": T_train, "curves": [per seed]}}."""
-    found: dict = defaultdict(lambda: {"curves": [], "seeds": []})
-    for folder in folders:
-        for run in sorted(p.parent for p in folder.rglob("summary.json")):
-            cfg = yaml.safe_load((run / "config.yaml").read_text())
-            task = Stream.from_spec(cfg["stream"], seed=cfg["seed"]).tasks[0]
-            curve = _final_curve(run)
-            if curve is None or task.eval_family.seq_len <= task.family.seq_len:
-                continue  # not evaluated beyond its training length
-            entry = found[(task.family.name, _label(cfg["model"]))]
-            entry.update(trained=task.family.seq_len, evaluated=task.eval_family.seq_len)
-            entry["curves"].append(curve)
-            entry["seeds"].append(cfg["seed"])
-    return dict(found)
+    """{(task, model): {"trained": T_train, "evaluated": T_eval, "seeds": [...], "curves": [...]}}, seed order."""
+    runs: dict = defaultdict(list)
+    lengths: dict = {}
+    for run in map(load, find(folders)[0]):
+        if run.summary is None:
+            continue  # not finished
+        cfg = run.config
+        task = Stream.from_spec(cfg["stream"], seed=cfg["seed"]).tasks[0]
+        curve = _final_curve(run.rows())
+        if curve is None or task.eval_family.seq_len <= task.family.seq_len:
+            continue  # not evaluated beyond its training length
+        key = (task.family.name, _label(cfg["model"]))
+        runs[key].append((cfg["seed"], curve))
+        lengths[key] = (task.family.seq_len, task.eval_family.seq_len)
+    found = {}
+    for key, seeded in runs.items():
+        seeds, curves = zip(*sorted(seeded, key=lambda sc: sc[0]))
+        found[key] = {"trained": lengths[key][0], "evaluated": lengths[key][1], "seeds": seeds, "curves": curves}
+    return found
 
 
 def _mean(values: list) -> float | None:
@@ -63,7 +66,6 @@ def _mean(values: list) -> float | None:
 def summarise(found: dict) -> list[dict]:
     rows = []
     for (task, model), e in sorted(found.items()):
-        e["seeds"], e["curves"] = zip(*sorted(zip(e["seeds"], e["curves"]), key=lambda sc: sc[0]))  # seed order
         cut = e["trained"] - 1  # the first position never trained
         within = mean_ci([_mean(c[:cut]) for c in e["curves"]])
         beyond = mean_ci([_mean(c[cut:]) for c in e["curves"]])
@@ -122,7 +124,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     out = args.out or args.folders[0]
-    found = collect(args.folders)
+    try:
+        found = collect(args.folders)
+    except ConfigError as e:  # a folder that is not there
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     if not found:
         print(f"error: no finished run evaluated beyond its training length under "
               f"{', '.join(map(str, args.folders))}", file=sys.stderr)
