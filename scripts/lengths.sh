@@ -4,10 +4,4 @@
 # then the within / beyond-the-training-length table and figure of scripts/length_generalisation.py.
 #   scripts/lengths.sh --workers 2
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-status=0
-scripts/_sweep_and_report.sh lengths "$@" || status=$?
-if [ "$status" -ne 2 ]; then
-  python scripts/length_generalisation.py "${OUT:-runs/sweeps/lengths}"
-fi
-exit "$status"
+AFTER=scripts/length_generalisation.py exec "$(dirname "${BASH_SOURCE[0]}")/_sweep_and_report.sh" lengths "$@"
