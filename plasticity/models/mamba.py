@@ -86,6 +86,12 @@ class _Scan:
         return torch.addcmul(self.inp, self.decay, h_prev, out=out)
 
 
+def _time_major(delta, A, Bm, C, x) -> tuple[torch.Tensor, ...]:
+    """The scan's layout from the caller's: [B, T, ·] -> contiguous [T, B, ·], and A [e, n] -> [n, e]."""
+    delta, Bm, C, x = (v.transpose(0, 1).contiguous() for v in (delta, Bm, C, x))
+    return delta, A.t().contiguous(), Bm, C, x
+
+
 def _scan(delta, A, Bm, C, x, every: int = 0):
     """y [T, B, e] and, with `every`, the states h_t at t = every - 1, 2 every - 1, ... (the last excluded)."""
     T, Bsz, e = x.shape
@@ -116,8 +122,7 @@ class SelectiveScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, delta, A, Bm, C, x):
-        delta, Bm, C, x = (v.transpose(0, 1).contiguous() for v in (delta, Bm, C, x))
-        At = A.t().contiguous()
+        delta, At, Bm, C, x = _time_major(delta, A, Bm, C, x)
         y, kept = _scan(delta, At, Bm, C, x, every=CHUNK)
         ctx.save_for_backward(delta, At, Bm, C, x, kept)
         return y.transpose(0, 1)
@@ -137,9 +142,8 @@ class SelectiveScan(torch.autograd.Function):
         decay, g_log, tmp = (torch.empty_like(g_h) for _ in range(3))
         for start in reversed(range(0, T, CHUNK)):
             before = kept[start // CHUNK - 1] if start else None  # h_{start - 1}
-            h = before
             for t in range(start, min(start + CHUNK, T)):  # this chunk's states again
-                h = scan.step(t, h, hs[t - start])
+                scan.step(t, hs[t - start - 1] if t > start else before, hs[t - start])
             for t in reversed(range(start, min(start + CHUNK, T))):
                 h, h_prev = hs[t - start], (hs[t - start - 1] if t > start else before)
                 g_h.addcmul_(gy[t, :, None, :], C[t, :, :, None])
@@ -165,8 +169,7 @@ def selective_scan(delta, A, Bm, C, x) -> torch.Tensor:
     input that needs a gradient, the scan keeps no states."""
     if torch.is_grad_enabled() and any(v.requires_grad for v in (delta, A, Bm, C, x)):
         return SelectiveScan.apply(delta, A, Bm, C, x)
-    delta, Bm, C, x = (v.transpose(0, 1).contiguous() for v in (delta, Bm, C, x))
-    return _scan(delta, A.t().contiguous(), Bm, C, x)[0].transpose(0, 1)
+    return _scan(*_time_major(delta, A, Bm, C, x))[0].transpose(0, 1)
 
 
 class Mixer(nn.Module):
