@@ -1,4 +1,5 @@
-"""A strategy that makes its arm diverge for real: from stream step `at` on, its loss term is NaN.
+"""Strategies that make their arm fail for real from stream step `at` on: a NaN loss (a divergence), an
+exception (a bug), or the process dying without a word (the out-of-memory killer).
 
 Loaded by import path (`helpers_diverge:Explode`, with this folder on sys.path / PYTHONPATH), the way a
 user's own strategy is."""
@@ -9,44 +10,38 @@ from dataclasses import dataclass
 from plasticity.strategies.base import Strategy
 
 
-class Explode(Strategy):
-    name = "explode"
+class _FromStep(Strategy):
+    """Calls `fail` from stream step `at` on; until then adds nothing to the loss."""
 
     @dataclass
     class Params:
-        at: int = 0  # the first stream step whose loss is NaN
+        at: int = 0  # the first stream step that fails
 
     def penalty(self, module, batch, logits):
-        if module.stream_step >= self.params.at:
-            return logits.sum() * float("nan")
-        return None
+        return self.fail(module, logits) if module.stream_step >= self.params.at else None
+
+    def fail(self, module, logits):
+        raise NotImplementedError
 
 
-class Crash(Strategy):
-    """A bug, not a divergence: from stream step `at` on, the arm raises."""
+class Explode(_FromStep):
+    name = "explode"
+
+    def fail(self, module, logits):
+        return logits.sum() * float("nan")
+
+
+class Crash(_FromStep):
+    """A bug, not a divergence."""
 
     name = "crash"
 
-    @dataclass
-    class Params:
-        at: int = 0
-
-    def penalty(self, module, batch, logits):
-        if module.stream_step >= self.params.at:
-            raise RuntimeError(f"crash at step {module.stream_step}")
-        return None
+    def fail(self, module, logits):
+        raise RuntimeError(f"crash at step {module.stream_step}")
 
 
-class Vanish(Strategy):
-    """The process dies at stream step `at` with no word, as the out-of-memory killer ends it."""
-
+class Vanish(_FromStep):
     name = "vanish"
 
-    @dataclass
-    class Params:
-        at: int = 0
-
-    def penalty(self, module, batch, logits):
-        if module.stream_step >= self.params.at:
-            os._exit(9)
-        return None
+    def fail(self, module, logits):
+        os._exit(9)
