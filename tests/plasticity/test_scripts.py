@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import runpy
+import shutil
 import sys
 from pathlib import Path
 
@@ -55,9 +57,6 @@ def test_half_change_step_by_hand():
 
 
 def test_length_generalisation_splits_the_curve_at_the_training_length(tmp_path, monkeypatch, capsys):
-    import json
-    import shutil
-
     cfg = load_config("compare_architectures", ["stream=recall_longer", "model=transformer_rotary", "progress=false",
                                                 "plots=false", "stream.phases.0.steps=4", "eval.every=4",
                                                 "eval.size=16"])
