@@ -4,8 +4,8 @@ Each DIR is a run directory, a sweep's --out folder or any folder of runs; run d
 recursively (a folder with summary.json, or config.yaml without one: incomplete). Rows are (experiment,
 setting, arm), where the setting is the config minus the seed and what does not change the experiment
 (paths, logging, hardware: `runs.config_setting`, as for the sweep figures), labelled by the keys where a
-setting differs from its peers' common value among the runs of that experiment and arm
-(`runs.setting_labels`). Columns are mean ± 95% confidence interval over the runs (seeds) of a row
+setting differs from its peers' baseline among the runs of that experiment and arm, and by every key of
+a grid (`runs.setting_labels`). Columns are mean ± 95% confidence interval over the runs (seeds) of a row
 (Student t, n − 1 degrees of freedom; blank for n = 1; the seeds of `plasticity run ... seeds=...` are
 such runs); report.csv also has the sample standard deviation:
 

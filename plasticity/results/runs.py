@@ -105,8 +105,10 @@ def config_setting(config: dict, drop: tuple[str, ...] = ()) -> dict[str, str]:
 
 def setting_labels(settings: list[dict[str, str]]) -> list[str]:
     """Each setting's label among its peers, `key=value, ...`: for every key that varies, the settings that
-    differ from its most common value (the others' shared baseline), or every setting when no value is
-    more common than the others (a grid); "-" for a setting with nothing to tell. Where a block's `name`
+    differ from its baseline, a value several settings share while every other value of the key is held by
+    one setting only (a one-at-a-time sweep around a baseline); otherwise every setting names its value (a
+    grid, even an unfinished one where one value has a row more than the others, and a random search);
+    "-" for a setting with nothing to tell. Where a block's `name`
     varies (`model.name`, `stream.phases.0.name`), the name stands for the block: `model=lstm`, and the
     block's other keys, which follow from the choice, are not listed."""
     keys = list(dict.fromkeys(k for s in settings for k in s))
@@ -120,7 +122,7 @@ def setting_labels(settings: list[dict[str, str]]) -> list[str]:
         values = [s.get(key, "unset") for s in settings]
         ranked = Counter(values).most_common()
         common, n = ranked[0]
-        shared = n > 1 and (len(ranked) == 1 or ranked[1][1] < n)
+        shared = n > 1 and all(count == 1 for _, count in ranked[1:])
         for parts, value in zip(labels, values):
             if not shared or value != common:
                 parts.append(f"{block or key}={short_value(value)}")

@@ -177,6 +177,13 @@ def test_setting_labels_name_what_differs_from_the_common_value():
              "optim.lr": "0.001"} for m, h in (("lstm", "79"), ("mlp", "90")) for t in ("recall", "hmm")]
     assert setting_labels(grid) == ["model=lstm, stream.phases.0=recall", "model=lstm, stream.phases.0=hmm",
                                     "model=mlp, stream.phases.0=recall", "model=mlp, stream.phases.0=hmm"]
+    # an unfinished grid: hmm has a row less, yet recall is no baseline; every row still names its stream
+    partial = grid + [{**grid[0], "model.name": '"gru"', "model.match.name": '"gru"'}]
+    assert setting_labels(partial)[-1] == "model=gru, stream.phases.0=recall"
+    assert setting_labels(partial)[0] == "model=lstm, stream.phases.0=recall"
+    # a one-at-a-time sweep: the baseline's value is shared, every other value held once
+    oat = [base, {**base, "optim.lr": "0.003"}, {**base, "optim.lr": "0.01"}, {**base, "model.layer_norm": "false"}]
+    assert setting_labels(oat) == ["-", "optim.lr=0.003", "optim.lr=0.01", "model.layer_norm=False"]
     assert flatten({"stream": {"phases": [{"tasks": 4}, {"tasks": 1}]}}) == {
         "stream.phases.0.tasks": "4", "stream.phases.1.tasks": "1"}
 
