@@ -8,18 +8,21 @@ of token t + 1 from tokens 0..t, so positions t <= T_train - 2 were trained and 
 Per (task, model): the mean KL over the scored positions within and beyond, mean ± 95% Student-t interval
 over seeds (and each seed's, in seed order). Writes length_generalisation.md / .csv and
 plots/length_generalisation.png (mean over seeds by position, the training length marked) into --out
-(default: the first folder).
+(default: the first folder). A finished run whose stream cannot be rebuilt here (a family this install
+does not know) is left out with a line on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import io
 import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
 
+from plasticity.files import atomic_write_text
 from plasticity.results.runs import find, load
 from plasticity.results.stats import mean_ci
 from plasticity.run.config import ConfigError
@@ -36,15 +39,21 @@ def _label(model: dict) -> str:
     return model["name"] + (" (rotary)" if model.get("rotary") else "")
 
 
-def collect(folders: list[Path]) -> dict:
-    """{(task, model): {"trained": T_train, "evaluated": T_eval, "seeds": [...], "curves": [...]}}, seed order."""
+def collect(folders: list[Path]) -> tuple[dict, list[str]]:
+    """{(task, model): {"trained": T_train, "evaluated": T_eval, "seeds": [...], "curves": [...]}}, seed order,
+    and a line for each finished run left out because its stream cannot be rebuilt here."""
     runs: dict = defaultdict(list)
     lengths: dict = {}
+    skipped = []
     for run in map(load, find(folders)[0]):
         if run.summary is None:
             continue  # not finished
         cfg = run.config
-        task = Stream.from_spec(cfg["stream"], seed=cfg["seed"]).tasks[0]
+        try:
+            task = Stream.from_spec(cfg["stream"], seed=cfg["seed"]).tasks[0]
+        except (ValueError, KeyError, TypeError, ImportError) as e:  # e.g. a user's family not importable here
+            skipped.append(f"{run.path}: its stream cannot be rebuilt: {e}")
+            continue
         curve = _final_curve(run.rows())
         if curve is None or task.eval_family.seq_len <= task.family.seq_len:
             continue  # not evaluated beyond its training length
@@ -55,7 +64,7 @@ def collect(folders: list[Path]) -> dict:
     for key, seeded in runs.items():
         seeds, curves = zip(*sorted(seeded, key=lambda sc: sc[0]))
         found[key] = {"trained": lengths[key][0], "evaluated": lengths[key][1], "seeds": seeds, "curves": curves}
-    return found
+    return found, skipped
 
 
 def _mean(values: list) -> float | None:
@@ -125,10 +134,12 @@ def main() -> None:
     args = ap.parse_args()
     out = args.out or args.folders[0]
     try:
-        found = collect(args.folders)
+        found, skipped = collect(args.folders)
     except ConfigError as e:  # a folder that is not there
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    for line in skipped:
+        print(f"skipped {line}", file=sys.stderr)
     if not found:
         print(f"error: no finished run evaluated beyond its training length under "
               f"{', '.join(map(str, args.folders))}", file=sys.stderr)
@@ -137,11 +148,12 @@ def main() -> None:
     table = markdown(rows)
     print(table, end="")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "length_generalisation.md").write_text(table)
-    with open(out / "length_generalisation.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    atomic_write_text(out / "length_generalisation.md", table)
+    text = io.StringIO()
+    w = csv.DictWriter(text, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(out / "length_generalisation.csv", text.getvalue())
     plot(found, out / "plots" / "length_generalisation.png")
     print(f"wrote {out / 'length_generalisation.md'}, .csv and plots/length_generalisation.png")
 

@@ -16,10 +16,11 @@ from plasticity.run.config import load_config
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 
-def run_script(name: str, *args: str, monkeypatch, capsys) -> str:
+def run_script(name: str, *args: str, monkeypatch, capsys):
+    """The script's captured stdout and stderr (.out, .err)."""
     monkeypatch.setattr(sys, "argv", [name, *args])
     runpy.run_path(str(SCRIPTS / name), run_name="__main__")
-    return capsys.readouterr().out
+    return capsys.readouterr()
 
 
 @pytest.mark.slow
@@ -29,7 +30,7 @@ def test_causal_icl_tables(tmp_path, monkeypatch, capsys):
     cfg = load_config("causal_icl", [phases, "stream.eval_size=32", "eval.every=10", "progress=false",
                                      "plots=false", "arms=[frozen,naive]", "fresh=false", "trainer.workers=1"])
     run(cfg, tmp_path)
-    out = run_script("causal_icl.py", str(tmp_path), "--rows", "4", monkeypatch=monkeypatch, capsys=capsys)
+    out = run_script("causal_icl.py", str(tmp_path), "--rows", "4", monkeypatch=monkeypatch, capsys=capsys).out
     assert "## 1. In context" in out and "## 3. Drift" in out
     table1 = [line for line in out.splitlines() if line.startswith("| ") and line.split("|")[1].strip().isdigit()]
     assert [line.split("|")[1].strip() for line in table1[:4]] == ["0", "1", "2", "3"]
@@ -40,10 +41,10 @@ def test_geometry_lead_table(tmp_path, monkeypatch, capsys):
     cfg = load_config("smoke", ["progress=false", "plots=false", "eval.every=10", "eval.geometry_every=10",
                                 "eval.geometry_size=8"])
     run(cfg, tmp_path)
-    out = run_script("geometry_table.py", str(tmp_path), "--lead", monkeypatch=monkeypatch, capsys=capsys)
+    out = run_script("geometry_table.py", str(tmp_path), "--lead", monkeypatch=monkeypatch, capsys=capsys).out
     lines = [line for line in out.splitlines() if line.startswith("| naive |")]
     assert len(lines) == 1 and "step 160" in lines[0]  # the smoke stream's phase 1 starts at 150
-    out = run_script("geometry_table.py", str(tmp_path), monkeypatch=monkeypatch, capsys=capsys)
+    out = run_script("geometry_table.py", str(tmp_path), monkeypatch=monkeypatch, capsys=capsys).out
     assert "| naive | 210 | new_symbols |" in out
 
 
@@ -67,7 +68,12 @@ def test_length_generalisation_splits_the_curve_at_the_training_length(tmp_path,
         curve = [None if t % 2 else (inside if t < 24 else beyond) for t in range(49)]
         row = {"arm": "pretrain", "step": 4, "eval_phase": 0, "kl_bits_by_position": curve}
         (tmp_path / f"seed{seed}" / "metrics.jsonl").write_text(json.dumps(row) + "\n")
-    out = run_script("length_generalisation.py", str(tmp_path), monkeypatch=monkeypatch, capsys=capsys)
+    shutil.copytree(tmp_path / "seed0", tmp_path / "alien")  # a user's family this install does not know
+    config = tmp_path / "alien" / "config.yaml"
+    config.write_text(config.read_text().replace("family: recall", "family: not_installed_here"))
+    done = run_script("length_generalisation.py", str(tmp_path), monkeypatch=monkeypatch, capsys=capsys)
+    assert f"skipped {tmp_path / 'alien'}: its stream cannot be rebuilt: " in done.err
+    out = done.out
     half_width = 12.706204736174698 * (2 ** 0.5 / 2) / 2 ** 0.5  # t_{0.975,1} · s / sqrt(n), s of (1, 2)
     assert f"| recall | transformer (rotary) | 25 → 49 | 2 | 1.5000 ± {half_width:.4f} | 4.0000 ± " in out
     assert (tmp_path / "length_generalisation.csv").exists()
