@@ -19,6 +19,7 @@ import pytest
 from plasticity.cli import main
 from plasticity.entry import run
 from plasticity.run.config import load_config
+from tests.plasticity.processes import alive, children
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -98,28 +99,6 @@ def test_a_diverging_a_crashing_and_a_killed_unit_stop_alone(tmp_path, monkeypat
     assert "crash at step 60" in capsys.readouterr().err
 
 
-def _children(pid: int) -> set[int]:
-    found = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.add(int(entry))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "term"])
@@ -136,11 +115,11 @@ def test_a_killed_parent_leaves_no_worker_and_resume_finishes_identically(sequen
         workers: set[int] = set()
         arms = [f"{arm}-last.pt" for arm in ARMS]
         while time.time() < deadline:  # until an arm has checkpointed in the middle of its phases
-            workers |= _children(parent.pid)
+            workers |= children(parent.pid)
             if any((path / "checkpoints" / name).exists() for name in arms):
                 break
             time.sleep(0.05)
-        workers |= _children(parent.pid)
+        workers |= children(parent.pid)
         assert len(workers) >= 2, "the workers never started"
         parent.send_signal(sig)
         parent.wait(timeout=120)  # the parent joins each stopped worker for up to 30 s before killing it
@@ -148,9 +127,9 @@ def test_a_killed_parent_leaves_no_worker_and_resume_finishes_identically(sequen
             err.seek(0)
             assert parent.returncode == 143, err.read()[-2000:]
     gone = time.time() + 60
-    while any(_alive(w) for w in workers) and time.time() < gone:
+    while any(alive(w) for w in workers) and time.time() < gone:
         time.sleep(0.1)
-    assert not any(_alive(w) for w in workers), "a worker outlived its parent"
+    assert not any(alive(w) for w in workers), "a worker outlived its parent"
     assert not (path / "summary.json").exists()
     done = subprocess.run([sys.executable, "-m", "plasticity.cli", "run", "--resume", str(path)], env=env,
                           capture_output=True, text=True, timeout=300)

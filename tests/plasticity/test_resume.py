@@ -12,6 +12,8 @@ import time
 import pytest
 import torch
 
+from tests.plasticity.processes import children
+
 OVERRIDES = ["stream.phases.0.steps=300", "stream.phases.1.steps=200", "run.checkpoint_every=25",
              "eval.every=20", "arms=[frozen,naive]", "progress=false", "trainer.threads=1"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
@@ -267,20 +269,6 @@ def test_a_strategy_with_tensor_state_but_no_state_dict_warns_on_resume(capsys):
 
 
 # ---------------------------------------------------------------- submitit: pre-empted job requeues itself
-def _children(pid: int) -> list[int]:
-    found = []
-    for stat in os.listdir("/proc"):
-        if stat.isdigit():
-            try:
-                with open(f"/proc/{stat}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(stat))
-    return found
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_submitit_job_preempted_mid_run_requeues_and_resumes_bit_identical(reference, tmp_path):
@@ -303,7 +291,7 @@ def test_submitit_job_preempted_mid_run_requeues_and_resumes_bit_identical(refer
             break
         time.sleep(0.05)
     assert sjob.state == "RUNNING", "the job finished before it could be pre-empted"
-    (task,) = _children(sjob._process.pid)
+    (task,) = children(sjob._process.pid)
     os.kill(task, signal.SIGUSR2)
     result = sjob.result()
     assert result["status"] == "done", result

@@ -15,6 +15,7 @@ from plasticity.run.config import ConfigError, load_config
 from plasticity.sweep.plan import plan, run_name
 from plasticity.sweep.resources import minutes, submitit_parameters
 from plasticity.sweep.spec import WANDB_KEYS, format_override, load_sweep
+from tests.plasticity.processes import children
 
 TINY = ["stream.phases.0.steps=20", "stream.phases.1.steps=10", "eval.every=10", "plots=false"]
 BOOM = '''
@@ -319,18 +320,6 @@ def test_a_run_with_a_diverged_arm_is_done_and_says_so(tmp_path, env, capsys):
     assert json.loads((out / "sweep_index.json").read_text())["trials"][1]["diverged"] == bad["diverged"]
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
-
-
 @pytest.mark.slow
 def test_a_killed_trial_is_recorded_failed_then_resumed_to_the_same_result(tmp_path):
     """SIGKILL to the worker process mid-trial (the OOM killer, a node going away): the index records the
@@ -357,9 +346,8 @@ def test_a_killed_trial_is_recorded_failed_then_resumed_to_the_same_result(tmp_p
             victim = ckpt[0].parents[1]
         time.sleep(0.05)
     assert victim is not None, "the trial finished (or never started) before it could be killed"
-    workers = _children(proc.pid)
-    assert len(workers) == 1
-    os.kill(workers[0], signal.SIGKILL)
+    (worker,) = children(proc.pid)
+    os.kill(worker, signal.SIGKILL)
     printed = proc.communicate(timeout=120)[0]
     assert proc.returncode == 1, printed
     trial = json.loads((out / "sweep_index.json").read_text())["trials"][0]
