@@ -71,19 +71,21 @@ CHUNK = 8  # positions between the states a training forward keeps; the backward
 
 class _Scan:
     """The forward recurrence on time-major inputs, delta, x [T, B, e], Bm, C [T, B, n], A [n, e], with its
-    per-position buffers allocated once: `step(t, h_prev, out)` writes h_t into `out` ([B, n, e])."""
+    per-position buffers allocated once: `step(t, h_prev, out)` writes h_t into `out` ([B, n, e]), and
+    exp(Δ_t A) into `decay` when given (the backward keeps a chunk's decays)."""
 
     def __init__(self, delta, A, Bm, x):
         self.delta, self.A, self.Bm, self.dx = delta, A, Bm, delta * x
-        shape = (x.shape[1], A.shape[0], x.shape[2])
-        self.decay, self.inp = x.new_empty(shape), x.new_empty(shape)
+        self.decay = x.new_empty(x.shape[1], A.shape[0], x.shape[2])
 
-    def step(self, t: int, h_prev: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
+    def step(self, t: int, h_prev: torch.Tensor | None, out: torch.Tensor, decay: torch.Tensor | None = None):
         if h_prev is None:  # h_{-1} = 0
             return torch.mul(self.dx[t, :, None, :], self.Bm[t, :, :, None], out=out)
-        torch.mul(self.dx[t, :, None, :], self.Bm[t, :, :, None], out=self.inp)  # Δ_t x_t ⊗ B_t
-        torch.mul(self.delta[t, :, None, :], self.A, out=self.decay).exp_()
-        return torch.addcmul(self.inp, self.decay, h_prev, out=out)
+        decay = self.decay if decay is None else decay
+        torch.mul(self.delta[t, :, None, :], self.A, out=decay).exp_()
+        torch.mul(decay, h_prev, out=out)
+        # + B_t ⊗ Δ_t x_t as a batched outer product: half the time of a broadcast mul and an addcmul (measured)
+        return out.baddbmm_(self.Bm[t, :, :, None], self.dx[t, :, None, :])
 
 
 def _time_major(delta, A, Bm, C, x) -> tuple[torch.Tensor, ...]:
@@ -138,12 +140,13 @@ class SelectiveScan(torch.autograd.Function):
         g_B, g_C = torch.empty_like(Bm), torch.empty_like(C)
         g_At = torch.zeros_like(At)
         hs = x.new_empty(CHUNK, x.shape[1], At.shape[0], x.shape[2])  # one chunk's states
+        decays = torch.empty_like(hs)  # and their exp(Δ_t A)
         g_h = torch.zeros_like(hs[0])  # dL/dh_t through y_t, h_{t+1}, ..., accumulated backwards
-        decay, g_log, tmp = (torch.empty_like(g_h) for _ in range(3))
+        g_log, tmp = torch.empty_like(g_h), torch.empty_like(g_h)
         for start in reversed(range(0, T, CHUNK)):
             before = kept[start // CHUNK - 1] if start else None  # h_{start - 1}
             for t in range(start, min(start + CHUNK, T)):  # this chunk's states again
-                scan.step(t, hs[t - start - 1] if t > start else before, hs[t - start])
+                scan.step(t, hs[t - start - 1] if t > start else before, hs[t - start], decays[t - start])
             for t in reversed(range(start, min(start + CHUNK, T))):
                 h, h_prev = hs[t - start], (hs[t - start - 1] if t > start else before)
                 g_h.addcmul_(gy[t, :, None, :], C[t, :, :, None])
@@ -153,11 +156,10 @@ class SelectiveScan(torch.autograd.Function):
                 if h_prev is None:  # h_0 does not depend on exp(Δ_0 A): h_{-1} = 0
                     g_delta[0].zero_()
                     continue
-                torch.mul(delta[t, :, None, :], At, out=decay).exp_()
-                torch.mul(g_h, h_prev, out=g_log).mul_(decay)  # dL/d(Δ_t A)
+                g_h.mul_(decays[t - start])  # now dL/dh_{t-1} through h_t
+                torch.mul(g_h, h_prev, out=g_log)  # dL/d(Δ_t A) = dL/dh_t ⊙ exp(Δ_t A) ⊙ h_{t-1}
                 torch.sum(torch.mul(g_log, At, out=tmp), 1, out=g_delta[t])
                 g_At += torch.mul(g_log, delta[t, :, None, :], out=tmp).sum(0)
-                g_h.mul_(decay)
         g_delta += g_dx * x
         g_dx *= delta
         g_delta, g_B, g_C, g_dx = (v.transpose(0, 1) for v in (g_delta, g_B, g_C, g_dx))
