@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The primitives table (issue 17): transformer / mamba / lstm / mlp on dirichlet, hmm, recall, bijection
-# with and without replacement at 10,000 steps, 3 seeds: configs/sweep/primitives.yaml, then the report.
+# with and without replacement at 10,000 steps, 3 seeds: configs/sweep/primitives.yaml, the report, then
+# scripts/learning_curves.py (KL by step per task, one line per architecture, and when each seed learned).
 #   scripts/primitives.sh --workers 2
 set -euo pipefail
-exec "$(dirname "${BASH_SOURCE[0]}")/_sweep_and_report.sh" primitives "$@"
+AFTER=scripts/learning_curves.py exec "$(dirname "${BASH_SOURCE[0]}")/_sweep_and_report.sh" primitives "$@"

@@ -78,3 +78,30 @@ def test_length_generalisation_splits_the_curve_at_the_training_length(tmp_path,
     assert f"| recall | transformer (rotary) | 25 → 49 | 2 | 1.5000 ± {half_width:.4f} | 4.0000 ± " in out
     assert (tmp_path / "length_generalisation.csv").exists()
     assert (tmp_path / "plots" / "length_generalisation.png").stat().st_size > 0
+
+
+def test_learning_curves_gives_each_lines_final_kl_and_when_each_seed_learned(tmp_path, monkeypatch, capsys):
+    cfg = load_config("compare_architectures", ["stream=recall", "model=lstm", "progress=false", "plots=false",
+                                                "stream.phases.0.steps=4", "eval.every=4", "eval.size=16"])
+    run(cfg, tmp_path / "lstm0")
+    curves = {"lstm0": [2.0, 0.04, 0.01], "lstm1": [2.0, 0.5, 0.03], "mlp0": [2.0, 1.0, 0.9]}
+    for name, kls in curves.items():
+        if name != "lstm0":
+            shutil.copytree(tmp_path / "lstm0", tmp_path / name)
+        config = tmp_path / name / "config.yaml"
+        text = config.read_text().replace("\nseed: 0\n", f"\nseed: {name[-1]}\n")
+        config.write_text(text.replace("name: lstm", f"name: {name[:-1]}"))
+        rows = [{"arm": "pretrain", "step": 500 * i, "eval_phase": 0, "kl_bits": kl} for i, kl in enumerate(kls)]
+        rows.append({"arm": "naive", "step": 1500, "eval_phase": 0, "kl_bits": 0.0})  # another arm: not drawn
+        (tmp_path / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = run_script("learning_curves.py", str(tmp_path), monkeypatch=monkeypatch, capsys=capsys).out
+    half_width = 12.706204736174698 * 0.02 ** 0.5 * 0.1 / 2 ** 0.5  # t_{0.975,1} · s / sqrt(n), s of (0.01, 0.03)
+    assert f"| recall | lstm | 2 | 0.0200 ± {half_width:.4f} | 500, 1000 |" in out
+    assert "| recall | mlp | 1 | 0.9000 | - |" in out
+    assert (tmp_path / "plots" / "learning_curves.png").stat().st_size > 0
+    out = run_script("learning_curves.py", str(tmp_path), "--panels", "model", "--lines", "seed",
+                     "--threshold", "0.5", monkeypatch=monkeypatch, capsys=capsys).out
+    assert "| lstm | 0 | 1 | 0.0100 | 500 |" in out and "| lstm | 1 | 1 | 0.0300 | 500 |" in out
+    with pytest.raises(SystemExit) as bad:
+        run_script("learning_curves.py", str(tmp_path), "--threshold", "0", monkeypatch=monkeypatch, capsys=capsys)
+    assert bad.value.code == 2 and "--threshold=0.0: must be > 0" in capsys.readouterr().err
