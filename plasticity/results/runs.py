@@ -108,9 +108,9 @@ def setting_labels(settings: list[dict[str, str]]) -> list[str]:
     differ from its baseline, a value several settings share while every other value of the key is held by
     one setting only (a one-at-a-time sweep around a baseline); otherwise every setting names its value (a
     grid, even an unfinished one where one value has a row more than the others, and a random search);
-    "-" for a setting with nothing to tell. Where a block's `name`
-    varies (`model.name`, `stream.phases.0.name`), the name stands for the block: `model=lstm`, and the
-    block's other keys, which follow from the choice, are not listed."""
+    "-" for a setting with nothing to tell. Where a block's `name` varies (`model.name`,
+    `stream.phases.0.name`), the name stands for the block: `model=lstm`, and the block's other keys, which
+    follow from the choice, are not listed."""
     keys = list(dict.fromkeys(k for s in settings for k in s))
     varying = [k for k in keys if len({s.get(k, "unset") for s in settings}) > 1]
     named = {k.removesuffix(".name") for k in varying if k.endswith(".name")}
