@@ -27,6 +27,10 @@ bijection stream (configs/stream/bijection.yaml, default eval bank), eval.every=
 batch size, once with wandb as the config resolves it and once with logger.wandb.mode=disabled;
 summary.json's timing.eval_fraction is the share of wall time spent evaluating.
 Peak memory: resource.getrusage maxrss (the whole process), and torch.cuda.max_memory_allocated.
+
+Tokens/s of every architecture at matched parameter counts, and what dominates each one's step:
+benchmarks/bench_architectures.py (this script trains the model its --override selects, the transformer
+by default).
 """
 
 from __future__ import annotations
