@@ -22,7 +22,7 @@ from plasticity.eval.rows import PRETRAIN_ARM
 from plasticity.files import atomic_write_text
 from plasticity.results.figures import KL_FLOOR, STYLE, grid, save
 from plasticity.results.report import natural_key
-from plasticity.results.runs import find, flatten, load, short_value
+from plasticity.results.runs import config_setting, find, flatten, load, short_value
 from plasticity.results.stats import mean_ci
 from plasticity.run.config import ConfigError
 from streams.checks import is_number
@@ -38,8 +38,11 @@ def value_of(config: dict, key: str) -> str | None:
 
 
 def collect(folders: list[Path], panels: str, lines: str, arm: str, phase: int) -> dict:
-    """{(panel value, line value): [(seed, [(step, kl_bits)]), ...] in seed order} over the finished runs."""
+    """{(panel value, line value): [(seed, [(step, kl_bits)]), ...] in seed order} over the finished runs.
+    The runs of one (panel, line) must be seeds of one setting: runs that differ in another key are an error
+    (ConfigError naming the keys), not seeds to pool."""
     found: dict = defaultdict(list)
+    settings: dict = defaultdict(list)
     for run in map(load, find(folders)[0]):
         if run.summary is None:
             continue
@@ -48,7 +51,14 @@ def collect(folders: list[Path], panels: str, lines: str, arm: str, phase: int) 
         panel, line = value_of(run.config, panels), value_of(run.config, lines)
         if curve and panel is not None and line is not None:
             found[(panel, line)].append((run.config.get("seed"), curve))
-    return {key: sorted(v, key=lambda sc: str(sc[0])) for key, v in found.items()}
+            settings[(panel, line)].append({k: v for k, v in config_setting(run.config).items()
+                                            if not any(k == b or k.startswith(f"{b}.") for b in (panels, lines))})
+    for (panel, line), peers in settings.items():
+        differ = sorted(k for k in set().union(*peers) if len({p.get(k) for p in peers}) > 1)
+        if differ:
+            raise ConfigError(f"the runs of {panels}={panel}, {lines}={line} differ in {', '.join(differ)}: "
+                              "give --panels and --lines the keys that vary, or folders of one setting each")
+    return {key: sorted(v, key=lambda sc: natural_key(str(sc[0]))) for key, v in found.items()}
 
 
 def band(curves: list[list[tuple[int, float]]]) -> list[tuple[int, dict]]:
@@ -121,7 +131,7 @@ def main() -> None:
         raise SystemExit(2)
     try:
         found = collect(args.folders, args.panels, args.lines, args.arm, args.phase)
-    except ConfigError as e:  # a folder that is not there
+    except ConfigError as e:  # a folder that is not there; runs of one panel and line that are not seeds
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     if not found:

@@ -105,3 +105,9 @@ def test_learning_curves_gives_each_lines_final_kl_and_when_each_seed_learned(tm
     with pytest.raises(SystemExit) as bad:
         run_script("learning_curves.py", str(tmp_path), "--threshold", "0", monkeypatch=monkeypatch, capsys=capsys)
     assert bad.value.code == 2 and "--threshold=0.0: must be > 0" in capsys.readouterr().err
+    config = tmp_path / "lstm1" / "config.yaml"  # no longer a seed of lstm0: another learning rate
+    config.write_text(config.read_text().replace("\n  lr: 0.001\n", "\n  lr: 0.003\n"))
+    with pytest.raises(SystemExit) as bad:
+        run_script("learning_curves.py", str(tmp_path), monkeypatch=monkeypatch, capsys=capsys)
+    assert bad.value.code == 2
+    assert "the runs of stream=recall, model=lstm differ in optim.lr: " in capsys.readouterr().err
