@@ -22,7 +22,7 @@ from plasticity.eval.rows import PRETRAIN_ARM
 from plasticity.files import atomic_write_text
 from plasticity.results.figures import KL_FLOOR, STYLE, grid, save
 from plasticity.results.report import natural_key
-from plasticity.results.runs import config_setting, find, flatten, load, short_value
+from plasticity.results.runs import differing_keys, find, flatten, load, short_value
 from plasticity.results.stats import mean_ci
 from plasticity.run.config import ConfigError
 from streams.checks import is_number
@@ -42,7 +42,7 @@ def collect(folders: list[Path], panels: str, lines: str, arm: str, phase: int) 
     The runs of one (panel, line) must be seeds of one setting: runs that differ in another key are an error
     (ConfigError naming the keys), not seeds to pool."""
     found: dict = defaultdict(list)
-    settings: dict = defaultdict(list)
+    configs: dict = defaultdict(list)
     for run in map(load, find(folders)[0]):
         if run.summary is None:
             continue
@@ -51,11 +51,9 @@ def collect(folders: list[Path], panels: str, lines: str, arm: str, phase: int) 
         panel, line = value_of(run.config, panels), value_of(run.config, lines)
         if curve and panel is not None and line is not None:
             found[(panel, line)].append((run.config.get("seed"), curve))
-            settings[(panel, line)].append({k: v for k, v in config_setting(run.config).items()
-                                            if not any(k == b or k.startswith(f"{b}.") for b in (panels, lines))})
-    for (panel, line), peers in settings.items():
-        differ = sorted(k for k in set().union(*peers) if len({p.get(k) for p in peers}) > 1)
-        if differ:
+            configs[(panel, line)].append(run.config)
+    for (panel, line), peers in configs.items():
+        if differ := differing_keys(peers, ignore=(panels, lines)):
             raise ConfigError(f"the runs of {panels}={panel}, {lines}={line} differ in {', '.join(differ)}: "
                               "give --panels and --lines the keys that vary, or folders of one setting each")
     return {key: sorted(v, key=lambda sc: natural_key(str(sc[0]))) for key, v in found.items()}

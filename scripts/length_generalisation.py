@@ -23,7 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from plasticity.files import atomic_write_text
-from plasticity.results.runs import find, load
+from plasticity.results.runs import differing_keys, find, load
 from plasticity.results.stats import mean_ci
 from plasticity.run.config import ConfigError
 from streams.stream import Stream
@@ -41,8 +41,10 @@ def _label(model: dict) -> str:
 
 def collect(folders: list[Path]) -> tuple[dict, list[str]]:
     """{(task, model): {"trained": T_train, "evaluated": T_eval, "seeds": [...], "curves": [...]}}, seed order,
-    and a line for each finished run left out because its stream cannot be rebuilt here."""
+    and a line for each finished run left out because its stream cannot be rebuilt here. Runs of one (task,
+    model) that differ in another key are an error (ConfigError naming the keys), not seeds to pool."""
     runs: dict = defaultdict(list)
+    configs: dict = defaultdict(list)
     lengths: dict = {}
     skipped = []
     for run in map(load, find(folders)[0]):
@@ -59,9 +61,13 @@ def collect(folders: list[Path]) -> tuple[dict, list[str]]:
             continue  # not evaluated beyond its training length
         key = (task.family.name, _label(cfg["model"]))
         runs[key].append((cfg["seed"], curve))
+        configs[key].append(cfg)
         lengths[key] = (task.family.seq_len, task.eval_family.seq_len)
     found = {}
     for key, seeded in runs.items():
+        if differ := differing_keys(configs[key]):
+            raise ConfigError(f"the runs of task {key[0]}, model {key[1]} differ in {', '.join(differ)}: "
+                              "pass folders in which they are seeds of one setting")
         seeds, curves = zip(*sorted(seeded, key=lambda sc: sc[0]))
         found[key] = {"trained": lengths[key][0], "evaluated": lengths[key][1], "seeds": seeds, "curves": curves}
     return found, skipped
@@ -135,7 +141,7 @@ def main() -> None:
     out = args.out or args.folders[0]
     try:
         found, skipped = collect(args.folders)
-    except ConfigError as e:  # a folder that is not there
+    except ConfigError as e:  # a folder that is not there; runs of one task and model that are not seeds
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     for line in skipped:

@@ -103,6 +103,18 @@ def config_setting(config: dict, drop: tuple[str, ...] = ()) -> dict[str, str]:
     return flatten({k: v for k, v in config.items() if k not in NOT_A_SETTING + drop})
 
 
+def differing_keys(configs: list[dict], ignore: tuple[str, ...] = ()) -> list[str]:
+    """The setting keys (`config_setting`) on which these runs' configs differ, leaving out the keys in
+    `ignore` and everything inside them (`model` ignores `model.name`, `model.hidden`, ...): [] when the runs
+    are seeds of one setting."""
+    def kept(key: str) -> bool:
+        return not any(key == i or key.startswith(f"{i}.") for i in ignore)
+
+    settings = [config_setting(c) for c in configs]
+    keys = {k for s in settings for k in s if kept(k)}
+    return sorted(k for k in keys if len({s.get(k) for s in settings}) > 1)
+
+
 def setting_labels(settings: list[dict[str, str]]) -> list[str]:
     """Each setting's label among its peers, `key=value, ...`: for every key that varies, the settings that
     differ from its baseline, a value several settings share while every other value of the key is held by

@@ -212,6 +212,18 @@ def test_plasticity_decline_compares_the_first_and_the_last_phases_over_seeds(ru
     assert bad.returncode == 2 and "--fraction=0.7: must be in (0, 0.5]" in bad.stderr
 
 
+def test_differing_keys_are_those_that_stop_runs_being_seeds_of_one_setting():
+    from plasticity.results.runs import differing_keys
+
+    a = {"seed": 0, "model": {"name": "lstm", "hidden": 79}, "optim": {"lr": 0.001}, "run": {"dir": "x"}}
+    b = {"seed": 1, "model": {"name": "mlp", "hidden": 90}, "optim": {"lr": 0.001}, "run": {"dir": "y"}}
+    assert differing_keys([a, b]) == ["model.hidden", "model.name"]  # seed and paths are not a setting
+    assert differing_keys([a, b], ignore=("model",)) == []
+    c = {**b, "optim": {"lr": 0.003}}
+    assert differing_keys([a, c], ignore=("model",)) == ["optim.lr"]
+    assert differing_keys([a, c], ignore=("model", "optim.lr")) == []
+
+
 def test_rows_order_numbers_as_numbers():
     from plasticity.results.report import natural_key
 

@@ -78,6 +78,12 @@ def test_length_generalisation_splits_the_curve_at_the_training_length(tmp_path,
     assert f"| recall | transformer (rotary) | 25 → 49 | 2 | 1.5000 ± {half_width:.4f} | 4.0000 ± " in out
     assert (tmp_path / "length_generalisation.csv").exists()
     assert (tmp_path / "plots" / "length_generalisation.png").stat().st_size > 0
+    config = tmp_path / "seed1" / "config.yaml"  # no longer a seed of seed0: another learning rate
+    config.write_text(config.read_text().replace("\n  lr: 0.001\n", "\n  lr: 0.003\n"))
+    with pytest.raises(SystemExit) as bad:
+        run_script("length_generalisation.py", str(tmp_path), monkeypatch=monkeypatch, capsys=capsys)
+    assert bad.value.code == 2
+    assert "the runs of task recall, model transformer (rotary) differ in optim.lr: " in capsys.readouterr().err
 
 
 def test_learning_curves_gives_each_lines_final_kl_and_when_each_seed_learned(tmp_path, monkeypatch, capsys):
