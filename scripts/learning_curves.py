@@ -28,9 +28,9 @@ from plasticity.run.config import ConfigError
 from streams.checks import is_number
 
 
-def value_of(config: dict, key: str) -> str | None:
-    """The run's value of `key` as labels show it; a block stands for its name; None when the run has no such key."""
-    flat = flatten(config)
+def value_of(flat: dict[str, str], key: str) -> str | None:
+    """A run's value of `key` in its flattened config, as labels show it; a block stands for its name; None
+    when the run has no such key."""
     for k in (f"{key}.name", f"{key}.phases.0.name", key):
         if k in flat:
             return short_value(flat[k])
@@ -48,7 +48,8 @@ def collect(folders: list[Path], panels: str, lines: str, arm: str, phase: int) 
             continue
         curve = sorted((r["step"], r["kl_bits"]) for r in run.rows()
                        if r.get("arm") == arm and r.get("eval_phase") == phase and is_number(r.get("kl_bits")))
-        panel, line = value_of(run.config, panels), value_of(run.config, lines)
+        flat = flatten(run.config)
+        panel, line = value_of(flat, panels), value_of(flat, lines)
         if curve and panel is not None and line is not None:
             found[(panel, line)].append((run.config.get("seed"), curve))
             configs[(panel, line)].append(run.config)

@@ -23,6 +23,20 @@ def run_script(name: str, *args: str, monkeypatch, capsys):
     return capsys.readouterr()
 
 
+def refused(name: str, *args: str, monkeypatch, capsys) -> str:
+    """The stderr of a script that must stop with exit status 2 (bad input)."""
+    with pytest.raises(SystemExit) as stop:
+        run_script(name, *args, monkeypatch=monkeypatch, capsys=capsys)
+    assert stop.value.code == 2
+    return capsys.readouterr().err
+
+
+def another_lr(run_dir: Path) -> None:
+    """Make the run no longer a seed of its peers: its config gets another learning rate."""
+    config = run_dir / "config.yaml"
+    config.write_text(config.read_text().replace("\n  lr: 0.001\n", "\n  lr: 0.003\n"))
+
+
 @pytest.mark.slow
 def test_causal_icl_tables(tmp_path, monkeypatch, capsys):
     phases = ("stream.phases=[{name: any, family: causal, params: {n_rows: 4}, steps: 30},"
@@ -78,12 +92,9 @@ def test_length_generalisation_splits_the_curve_at_the_training_length(tmp_path,
     assert f"| recall | transformer (rotary) | 25 → 49 | 2 | 1.5000 ± {half_width:.4f} | 4.0000 ± " in out
     assert (tmp_path / "length_generalisation.csv").exists()
     assert (tmp_path / "plots" / "length_generalisation.png").stat().st_size > 0
-    config = tmp_path / "seed1" / "config.yaml"  # no longer a seed of seed0: another learning rate
-    config.write_text(config.read_text().replace("\n  lr: 0.001\n", "\n  lr: 0.003\n"))
-    with pytest.raises(SystemExit) as bad:
-        run_script("length_generalisation.py", str(tmp_path), monkeypatch=monkeypatch, capsys=capsys)
-    assert bad.value.code == 2
-    assert "the runs of task recall, model transformer (rotary) differ in optim.lr: " in capsys.readouterr().err
+    another_lr(tmp_path / "seed1")
+    err = refused("length_generalisation.py", str(tmp_path), monkeypatch=monkeypatch, capsys=capsys)
+    assert "the runs of task recall, model transformer (rotary) differ in optim.lr: " in err
 
 
 def test_learning_curves_gives_each_lines_final_kl_and_when_each_seed_learned(tmp_path, monkeypatch, capsys):
@@ -108,12 +119,8 @@ def test_learning_curves_gives_each_lines_final_kl_and_when_each_seed_learned(tm
     out = run_script("learning_curves.py", str(tmp_path), "--panels", "model", "--lines", "seed",
                      "--threshold", "0.5", monkeypatch=monkeypatch, capsys=capsys).out
     assert "| lstm | 0 | 1 | 0.0100 | 500 |" in out and "| lstm | 1 | 1 | 0.0300 | 500 |" in out
-    with pytest.raises(SystemExit) as bad:
-        run_script("learning_curves.py", str(tmp_path), "--threshold", "0", monkeypatch=monkeypatch, capsys=capsys)
-    assert bad.value.code == 2 and "--threshold=0.0: must be > 0" in capsys.readouterr().err
-    config = tmp_path / "lstm1" / "config.yaml"  # no longer a seed of lstm0: another learning rate
-    config.write_text(config.read_text().replace("\n  lr: 0.001\n", "\n  lr: 0.003\n"))
-    with pytest.raises(SystemExit) as bad:
-        run_script("learning_curves.py", str(tmp_path), monkeypatch=monkeypatch, capsys=capsys)
-    assert bad.value.code == 2
-    assert "the runs of stream=recall, model=lstm differ in optim.lr: " in capsys.readouterr().err
+    err = refused("learning_curves.py", str(tmp_path), "--threshold", "0", monkeypatch=monkeypatch, capsys=capsys)
+    assert "--threshold=0.0: must be > 0" in err
+    another_lr(tmp_path / "lstm1")
+    err = refused("learning_curves.py", str(tmp_path), monkeypatch=monkeypatch, capsys=capsys)
+    assert "the runs of stream=recall, model=lstm differ in optim.lr: " in err
