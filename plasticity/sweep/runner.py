@@ -4,8 +4,8 @@ Layout of `<out>` (default `runs/sweeps/<sweep file stem>`): one run directory p
 config hash; `logs/<name>.log` (the trial's stdout and stderr); `sweep_index.json`; `sweep.yaml` (a copy
 of the sweep file); `submitit/` (Slurm job files). Re-running the same command skips trials whose
 `summary.json` exists; an interrupted trial (Ctrl-C, pre-emption: status running/pending in the index; or
-its worker process killed) continues with `plasticity run --resume`, a failed one starts over (its partial
-run directory removed). A run in which an arm diverged is done: its summary records the divergence, the
+its worker process killed; or no index entry says how it ended) continues with `plasticity run --resume`, a
+failed one starts over (its partial run directory removed). A run in which an arm diverged is done: its summary records the divergence, the
 index entry lists it under `diverged`.
 """
 
@@ -109,11 +109,13 @@ def _locked(out: Path):
 
 
 def interrupted(trial: Trial, old: dict) -> bool:
-    """An earlier attempt was stopped rather than failed (Ctrl-C, Slurm pre-emption, a sweep that died):
-    its run directory continues with `plasticity run --resume`. Any other partial run starts over."""
+    """An earlier attempt was stopped rather than failed (Ctrl-C, Slurm pre-emption, a sweep that died), or
+    nothing says how it ended (no index entry: the index was lost, or the run directory was moved here from
+    another sweep's folder; its name is its config's hash): its run directory continues with `plasticity run
+    --resume`. A run that failed starts over."""
     if not (trial.run_dir / "config.yaml").is_file():
         return False
-    if old.get("status") in ("running", "pending"):
+    if not old or old.get("status") in ("running", "pending"):
         return True
     error = old.get("error") or {}
     # WorkerDied: the process was killed (SIGKILL, the OOM killer); its checkpoints are written atomically

@@ -130,21 +130,28 @@ def test_rerun_skips_finished_trials(grid):
     assert json.loads((out / "sweep_index.json").read_text())["counts"]["done"] == 4
 
 
-def test_interrupted_trial_resumes_from_its_run_directory(grid):
-    """A sweep killed mid-trial leaves it `running` in the index: the re-run continues it with --resume."""
+@pytest.mark.parametrize("record", ["running", "none"])
+def test_interrupted_trial_resumes_from_its_run_directory(grid, record):
+    """A sweep killed mid-trial leaves it `running` in the index; a partial run directory the index has no
+    entry for (index lost, or the directory moved in from another sweep's folder) is not known to have
+    failed either: the re-run continues both with --resume instead of deleting them."""
     code, sweep, out = grid
     path = out / "sweep_index.json"
     index = json.loads(path.read_text())
     victim = index["trials"][0]
+    others = {t["name"]: (Path(t["run_dir"]) / "summary.json").stat().st_mtime_ns for t in index["trials"][1:]}
     summary = Path(victim["run_dir"]) / "summary.json"
     before = json.loads(summary.read_text())
     summary.unlink()
-    victim["status"] = "running"
+    if record == "running":
+        victim["status"] = "running"
+    else:
+        index["trials"].remove(victim)
     path.write_text(json.dumps(index))
-    others = {t["name"]: (Path(t["run_dir"]) / "summary.json").stat().st_mtime_ns for t in index["trials"][1:]}
     assert main(["sweep", str(sweep), "--out", str(out), "--workers", "2"]) == 0
     after = json.loads(path.read_text())
-    assert after["counts"]["done"] == 4 and after["trials"][0]["resumed"] is True
+    assert after["counts"]["done"] == 4
+    assert next(t for t in after["trials"] if t["name"] == victim["name"])["resumed"] is True
     assert Path(victim["log"]).read_text().startswith(f"$ plasticity run --resume {victim['run_dir']}")
     assert json.loads(summary.read_text())["arms"] == before["arms"]
     assert {n: (out / n / "summary.json").stat().st_mtime_ns for n in others} == others
