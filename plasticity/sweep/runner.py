@@ -5,8 +5,8 @@ config hash; `logs/<name>.log` (the trial's stdout and stderr); `sweep_index.jso
 of the sweep file); `submitit/` (Slurm job files). Re-running the same command skips trials whose
 `summary.json` exists; an interrupted trial (Ctrl-C, pre-emption: status running/pending in the index; or
 its worker process killed; or no index entry says how it ended) continues with `plasticity run --resume`, a
-failed one starts over (its partial run directory removed). A run in which an arm diverged is done: its summary records the divergence, the
-index entry lists it under `diverged`.
+failed one starts over (its partial run directory removed). A run in which an arm diverged is done: its
+summary records the divergence, the index entry lists it under `diverged`.
 """
 
 from __future__ import annotations
