@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from plasticity.eval.calibration import LN2, kl_nats
-from plasticity.results.stats import mean_ci
+from plasticity.results.stats import mean_ci, mean_ci_text
 from plasticity.run.build import build
 from plasticity.run.config import load_run_config
 from streams.families.causal import Causal, ignoring_interventions
@@ -42,10 +42,7 @@ def kl_bits(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 
 def cell(values: list[float], digits: int = 3) -> str:
-    s = mean_ci(values)
-    if s["mean"] is None:
-        return "–"
-    return f"{s['mean']:.{digits}f}" + (f" ± {s['ci95']:.{digits}f}" if s["ci95"] is not None else "")
+    return mean_ci_text(mean_ci(values), digits, missing="–")
 
 
 def seed_runs(path: Path) -> list[Path]:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from plasticity.results.plots import GEOMETRY
 from plasticity.results.runs import load
-from plasticity.results.stats import mean_ci
+from plasticity.results.stats import mean_ci, mean_ci_text
 
 
 def shown_rows(run_dir: Path) -> tuple[dict[tuple[str, int], dict], list[str]]:
@@ -36,10 +36,7 @@ def shown_rows(run_dir: Path) -> tuple[dict[tuple[str, int], dict], list[str]]:
 
 
 def cell(values: list, digits: int) -> str:
-    s = mean_ci(values)
-    if s["mean"] is None:
-        return "-"
-    return f"{s['mean']:.{digits}f}" + (f" ± {s['ci95']:.{digits}f}" if s["ci95"] is not None else "")
+    return mean_ci_text(mean_ci(values), digits)
 
 
 def half_change_step(points: list[tuple[int, float]], floor: float) -> int | None:

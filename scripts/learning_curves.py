@@ -23,7 +23,7 @@ from plasticity.files import atomic_write_text
 from plasticity.results.figures import KL_FLOOR, STYLE, grid, save
 from plasticity.results.report import natural_key
 from plasticity.results.runs import differing_keys, find, flatten, load, short_value
-from plasticity.results.stats import mean_ci
+from plasticity.results.stats import mean_ci, mean_ci_text
 from plasticity.run.config import ConfigError
 from streams.checks import is_number
 
@@ -75,10 +75,9 @@ def table(found: dict, panels_key: str, lines_key: str, threshold: float) -> str
     out = [f"| {panels_key} | {lines_key} | seeds | final KL (bits) | first step with KL ≤ {threshold:g}, per seed |",
            "|---|---|---:|---:|---|"]
     for (panel, line), seeded in sorted(found.items(), key=lambda kv: (natural_key(kv[0][0]), natural_key(kv[0][1]))):
-        final = mean_ci([curve[-1][1] for _, curve in seeded])
-        ci = f" ± {final['ci95']:.4f}" if final["ci95"] is not None else ""
+        final = mean_ci_text(mean_ci([curve[-1][1] for _, curve in seeded]))
         firsts = ", ".join("-" if (s := first_below(c, threshold)) is None else str(s) for _, c in seeded)
-        out.append(f"| {panel} | {line} | {len(seeded)} | {final['mean']:.4f}{ci} | {firsts} |")
+        out.append(f"| {panel} | {line} | {len(seeded)} | {final} | {firsts} |")
     return "\n".join(out) + "\n"
 
 

@@ -24,15 +24,9 @@ from pathlib import Path
 
 from plasticity.files import atomic_write_text
 from plasticity.results.runs import differing_keys, find, load
-from plasticity.results.stats import mean_ci
+from plasticity.results.stats import mean_ci, mean_ci_text
 from plasticity.run.config import ConfigError
 from streams.stream import Stream
-
-
-def _final_curve(rows: list[dict]) -> list | None:
-    """The last evaluation's KL by position on the stream's first (only) phase."""
-    rows = [r for r in rows if r.get("eval_phase") == 0 and r.get("kl_bits_by_position")]
-    return max(rows, key=lambda r: r["step"])["kl_bits_by_position"] if rows else None
 
 
 def _label(model: dict) -> str:
@@ -56,7 +50,7 @@ def collect(folders: list[Path]) -> tuple[dict, list[str]]:
         except (ValueError, KeyError, TypeError, ImportError) as e:  # e.g. a user's family not importable here
             skipped.append(f"{run.path}: its stream cannot be rebuilt: {e}")
             continue
-        curve = _final_curve(run.rows())
+        curve = run.final_kl_by_position()
         if curve is None or task.eval_family.seq_len <= task.family.seq_len:
             continue  # not evaluated beyond its training length
         key = (task.family.name, _label(cfg["model"]))
@@ -93,7 +87,7 @@ def summarise(found: dict) -> list[dict]:
 
 
 def _pm(mean, ci) -> str:
-    return "-" if mean is None else f"{mean:.4f}" + (f" ± {ci:.4f}" if ci is not None else "")
+    return mean_ci_text({"mean": mean, "ci95": ci})
 
 
 def markdown(rows: list[dict]) -> str:

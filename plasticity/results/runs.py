@@ -40,6 +40,11 @@ class Run:
         """The metrics rows (a truncated last line skipped)."""
         return read_jsonl(self.path / "metrics.jsonl")
 
+    def final_kl_by_position(self, phase: int = 0) -> list | None:
+        """The KL by position (None where unscored) of the last evaluation on eval phase `phase`, if any."""
+        rows = [r for r in self.rows() if r.get("eval_phase") == phase and r.get("kl_bits_by_position")]
+        return max(rows, key=lambda r: r["step"])["kl_bits_by_position"] if rows else None
+
     @property
     def experiment(self) -> str:
         return str(self.config.get("name") or (self.summary or {}).get("name") or self.path.name)

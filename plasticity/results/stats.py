@@ -40,3 +40,10 @@ def mean_ci(values: Sequence) -> dict:
     std = statistics.stdev(vals) if n > 1 else None
     ci = t975(n - 1) * std / math.sqrt(n) if n > 1 else None
     return {"mean": statistics.fmean(vals), "ci95": ci, "std": std, "n": n, "values": vals}
+
+
+def mean_ci_text(stats: dict, digits: int = 4, missing: str = "-") -> str:
+    """A `mean_ci` result as "mean ± ci95" to `digits` decimals: the mean alone for one value, `missing` for none."""
+    if stats["mean"] is None:
+        return missing
+    return f"{stats['mean']:.{digits}f}" + (f" ± {stats['ci95']:.{digits}f}" if stats["ci95"] is not None else "")

@@ -124,3 +124,34 @@ def test_learning_curves_gives_each_lines_final_kl_and_when_each_seed_learned(tm
     another_lr(tmp_path / "lstm1")
     err = refused("learning_curves.py", str(tmp_path), monkeypatch=monkeypatch, capsys=capsys)
     assert "the runs of stream=recall, model=lstm differ in optim.lr: " in err
+
+
+def test_hmm_filtering_splits_the_kl_at_the_sep_position(tmp_path, monkeypatch, capsys):
+    for stream in ("hmm", "hmm_fixed"):
+        cfg = load_config("compare_architectures", [f"stream={stream}", "model=mlp", "progress=false", "plots=false",
+                                                    "stream.phases.0.steps=4", "eval.every=4", "eval.size=16"])
+        run(cfg, tmp_path / f"{stream}0")
+        shutil.copytree(tmp_path / f"{stream}0", tmp_path / f"{stream}1")
+    # hmm: a 50-token header (5 x 5 transition + 5 x 5 emission), SEP at 50, 32 observations (scored 50..81);
+    # hmm_fixed: SEP at 0, scored 0..31. The last evaluation (step 4) counts, not the first.
+    for name, sep, after, length in (("hmm0", 0.1, [0.2, 0.4], 83), ("hmm1", 0.3, [0.6], 83),
+                                     ("hmm_fixed0", 0.5, [0.5], 33), ("hmm_fixed1", 0.5, [0.7], 33)):
+        start = 50 if length == 83 else 0
+        curve = [None] * length
+        curve[start] = sep
+        for i in range(start + 1, start + 32):
+            curve[i] = after[i % len(after)]  # hmm0: 31 positions alternate 0.4, 0.2, ... (16 x 0.4, 15 x 0.2)
+        rows = [{"arm": "pretrain", "step": 0, "eval_phase": 0, "kl_bits_by_position": [9.0] * length},
+                {"arm": "pretrain", "step": 4, "eval_phase": 0, "kl_bits_by_position": curve}]
+        (tmp_path / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = run_script("hmm_filtering.py", str(tmp_path), monkeypatch=monkeypatch, capsys=capsys).out
+    t1 = 12.706204736174698  # t_{0.975,1}; the interval of two values a, b is t1 · |a − b| / 2
+    hmm0_after = (16 * 0.4 + 15 * 0.2) / 31
+    sep_ci, after_ci = t1 * 0.2 / 2, t1 * abs(hmm0_after - 0.6) / 2
+    assert (f"| hmm | mlp | 2 | 0.2000 ± {sep_ci:.4f} | {(hmm0_after + 0.6) / 2:.4f} ± {after_ci:.4f} | "
+            f"[0.1, 0.3], [{round(hmm0_after, 4)}, 0.6] |") in out
+    assert f"| hmm_fixed | mlp | 2 | 0.5000 ± 0.0000 | 0.6000 ± {t1 * 0.1:.4f} | [0.5, 0.5], [0.5, 0.7] |" in out
+    assert (tmp_path / "hmm_filtering.csv").exists()
+    another_lr(tmp_path / "hmm1")
+    err = refused("hmm_filtering.py", str(tmp_path), monkeypatch=monkeypatch, capsys=capsys)
+    assert "the runs of stream hmm, model mlp differ in optim.lr: " in err
