@@ -47,7 +47,7 @@ def collect(folders: list[Path]) -> dict:
         sep = family.header_len
         after = [v for v in curve[sep + 1:] if v is not None]
         key = (phases[0]["name"], cfg["model"]["name"])
-        found[key].append((cfg["seed"], curve[sep], statistics.fmean(after)))
+        found[key].append((cfg["seed"], curve[sep], statistics.fmean(after) if after else None))
         configs[key].append(cfg)
     for key in found:
         if differ := differing_keys(configs[key]):
