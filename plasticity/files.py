@@ -7,7 +7,9 @@ these, and nothing here imports torch unless a tensor file is written.
 
 from __future__ import annotations
 
+import csv
 import fcntl
+import io
 import json
 import math
 import os
@@ -37,6 +39,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_csv(path: Path, rows: list[dict]) -> None:
+    """Dicts with the first one's keys as a CSV file (a header line, then a line each)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:

@@ -16,14 +16,12 @@ refused (exit 2), not pooled as seeds.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
 
-from plasticity.files import atomic_write_text
+from plasticity.files import atomic_write_csv, atomic_write_text
 from plasticity.results.runs import differing_keys, find, load
 from plasticity.results.stats import mean_ci, mean_ci_text
 from plasticity.run.config import ConfigError
@@ -99,11 +97,7 @@ def main() -> None:
     out = args.out or args.folders[0]
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "hmm_filtering.md", table)
-    text = io.StringIO()
-    w = csv.DictWriter(text, fieldnames=list(rows[0]))
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(out / "hmm_filtering.csv", text.getvalue())
+    atomic_write_csv(out / "hmm_filtering.csv", rows)
     print(f"wrote {out / 'hmm_filtering.md'} and .csv")
 
 

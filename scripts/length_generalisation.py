@@ -15,14 +15,12 @@ does not know) is left out with a line on stderr.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
 
-from plasticity.files import atomic_write_text
+from plasticity.files import atomic_write_csv, atomic_write_text
 from plasticity.results.runs import differing_keys, find, load
 from plasticity.results.stats import mean_ci, mean_ci_text
 from plasticity.run.config import ConfigError
@@ -149,11 +147,7 @@ def main() -> None:
     print(table, end="")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "length_generalisation.md", table)
-    text = io.StringIO()
-    w = csv.DictWriter(text, fieldnames=list(rows[0]))
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(out / "length_generalisation.csv", text.getvalue())
+    atomic_write_csv(out / "length_generalisation.csv", rows)
     plot(found, out / "plots" / "length_generalisation.png")
     print(f"wrote {out / 'length_generalisation.md'}, .csv and plots/length_generalisation.png")
 

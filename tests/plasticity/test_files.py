@@ -10,7 +10,7 @@ import torch
 import plasticity.entry as entry
 import plasticity.run.work_units as work_units
 from plasticity.cli import main
-from plasticity.files import atomic_torch_save, atomic_write_text
+from plasticity.files import atomic_torch_save, atomic_write_csv, atomic_write_text
 from plasticity.run.build import build
 from plasticity.run.config import load_config
 from plasticity.run.experiment import Experiment
@@ -37,6 +37,13 @@ def test_a_write_that_dies_midway_leaves_the_old_file_and_no_debris(write, tmp_p
     assert list(tmp_path.iterdir()) == [path]  # no temp file left behind
     old = path.read_text() if write == "text" else torch.load(path, weights_only=True)["v"]
     assert old == "old"
+
+
+def test_a_csv_has_the_first_rows_keys_as_its_header_and_a_line_per_row(tmp_path):
+    path = tmp_path / "table.csv"
+    atomic_write_csv(path, [{"model": "lstm", "kl": 0.5, "seeds": [1, 2]}, {"model": "a, b", "kl": None, "seeds": []}])
+    assert path.read_text() == 'model,kl,seeds\nlstm,0.5,"[1, 2]"\n"a, b",,[]\n'
+    assert list(tmp_path.iterdir()) == [path]
 
 
 class DiskWatcher(RunSink):
