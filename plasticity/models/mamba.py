@@ -20,7 +20,8 @@ The scan is exact and sequential (`SelectiveScan`): one position at a time, on a
 d_inner], with the backward pass written out as a reverse scan that recomputes the states between the
 few the forward keeps. Its cost is elementwise work on batch × T × d_inner × d_state numbers, which eager
 PyTorch cannot fuse as the reference CUDA kernel does (benchmarks/bench_architectures.py measures it
-against the LSTM; docs/benchmarks.md says what dominates).
+against the LSTM, benchmarks/bench_mamba_scan.py the scans' share of a step and what fusing each
+position's update would give; docs/benchmarks.md says what dominates).
 """
 
 from __future__ import annotations
