@@ -163,7 +163,8 @@ class SelectiveScan(torch.autograd.Function):
                 g_At += torch.mul(g_log, delta[t, :, None, :], out=tmp).sum(0)
         g_delta += g_dx * x
         g_dx *= delta
-        g_delta, g_B, g_C, g_dx = (v.transpose(0, 1) for v in (g_delta, g_B, g_C, g_dx))
+        # back in the caller's layout, contiguous: the gradients flow on into elementwise backwards and adds
+        g_delta, g_B, g_C, g_dx = (v.transpose(0, 1).contiguous() for v in (g_delta, g_B, g_C, g_dx))
         return g_delta, g_At.t(), g_B, g_C, g_dx
 
 
@@ -203,8 +204,9 @@ class Mixer(nn.Module):
     def ssm_inputs(self, u: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """x (after conv and SiLU), z, Δ, B, C for u [B, T, d_model]."""
         T = u.shape[1]
-        x = self.conv(self.in_x(u).transpose(1, 2))[..., :T].transpose(1, 2)
-        x = F.silu(x)
+        # contiguous again after the convolution's [B, e, T] layout: x has three consumers (x_proj, the scan,
+        # D ⊙ x), whose gradients would otherwise meet in strided adds
+        x = F.silu(self.conv(self.in_x(u).transpose(1, 2))[..., :T].transpose(1, 2).contiguous())
         r, n = self.cfg.rank, self.cfg.d_state
         dt, B, C = self.x_proj(x).split([r, n, n], dim=-1)
         return x, self.in_z(u), F.softplus(self.dt(dt)), B, C
