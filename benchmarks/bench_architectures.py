@@ -48,6 +48,24 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+def timed_rounds(steps: dict, rounds: int, repeat: int, device: torch.device) -> tuple[dict, dict]:
+    """CPU-ms and wall ms per call of each of `steps` (name -> function), `repeat` calls per round, in
+    interleaved rounds whose order rotates, so that load from other processes hits all of them alike."""
+    cpu_ms: dict = {n: [] for n in steps}
+    wall_ms: dict = {n: [] for n in steps}
+    names = list(steps)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            sync(device)
+            c0, w0 = time.process_time(), time.perf_counter()
+            for _ in range(repeat):
+                steps[name]()
+            sync(device)
+            cpu_ms[name].append(1e3 * (time.process_time() - c0) / repeat)
+            wall_ms[name].append(1e3 * (time.perf_counter() - w0) / repeat)
+    return cpu_ms, wall_ms
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default=",".join(SPECS))
@@ -72,17 +90,7 @@ def main() -> None:
         steps[name] = step_fn(model, torch.optim.AdamW(model.parameters(), lr=1e-3), tokens)
         for _ in range(3):  # warm-up
             steps[name]()
-    cpu_ms = {n: [] for n in names}
-    wall_ms = {n: [] for n in names}
-    for r in range(args.rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            sync(device)
-            c0, w0 = time.process_time(), time.perf_counter()
-            for _ in range(args.steps):
-                steps[name]()
-            sync(device)
-            cpu_ms[name].append(1e3 * (time.process_time() - c0) / args.steps)
-            wall_ms[name].append(1e3 * (time.perf_counter() - w0) / args.steps)
+    cpu_ms, wall_ms = timed_rounds(steps, args.rounds, args.steps, device)
     tokens_per_step = args.batch * args.seq_len
     ref = statistics.median(cpu_ms["lstm"]) if "lstm" in names else None
     print("\n| model | parameters | CPU-ms/step | wall ms/step | k tokens/s (wall) | CPU time / lstm's |")

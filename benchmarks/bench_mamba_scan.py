@@ -20,7 +20,8 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +29,9 @@ import torch.nn.functional as F
 import plasticity.models.mamba as mamba
 from plasticity.models import build_model
 
-VOCAB = 20
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_architectures import SPECS, VOCAB, step_fn, timed_rounds  # noqa: E402
 
 
 def stand_in_scan(delta, A, Bm, C, x):
@@ -37,17 +40,10 @@ def stand_in_scan(delta, A, Bm, C, x):
 
 
 def model_step(batch: int, T: int):
+    """One training step of the parameter-matched Mamba, as benchmarks/bench_architectures.py times it."""
     torch.manual_seed(0)
-    model = build_model({"name": "mamba", "match_params": "transformer"}, VOCAB, T + 1)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    tokens = torch.randint(0, VOCAB, (batch, T + 1))
-
-    def step():
-        loss = F.cross_entropy(model(tokens[:, :-1]).reshape(-1, VOCAB), tokens[:, 1:].reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return step
+    model = build_model(SPECS["mamba"], VOCAB, T + 1)
+    return step_fn(model, torch.optim.AdamW(model.parameters(), lr=1e-3), torch.randint(0, VOCAB, (batch, T + 1)))
 
 
 # The fused variant: one compiled kernel per position forward (the update and the readout) and backward.
@@ -146,17 +142,11 @@ def scan_step(fn, inputs, gy):
 
 
 def cpu_ms(steps: dict, rounds: int, repeat: int) -> dict:
-    times = {name: [] for name in steps}
-    for step in steps.values():  # warm-up (and compilation)
+    """Median CPU-ms per call of each step after one warm-up call (which also compiles)."""
+    for step in steps.values():
         step()
-    for r in range(rounds):
-        names = list(steps)
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            c0 = time.process_time()
-            for _ in range(repeat):
-                steps[name]()
-            times[name].append(1e3 * (time.process_time() - c0) / repeat)
-    return {name: statistics.median(t) for name, t in times.items()}
+    cpu, _ = timed_rounds(steps, rounds, repeat, torch.device("cpu"))
+    return {name: statistics.median(t) for name, t in cpu.items()}
 
 
 def main() -> None:
@@ -187,7 +177,7 @@ def main() -> None:
         print(f"| {name} | {ms:.1f} |")
     print(f"| the scans (difference) | {scans:.1f} |")
 
-    cfg = build_model({"name": "mamba", "match_params": "transformer"}, VOCAB, args.seq_len + 1).cfg
+    cfg = build_model(SPECS["mamba"], VOCAB, args.seq_len + 1).cfg
     inputs, gy = scan_inputs(args.batch, args.seq_len, cfg.d_inner, cfg.d_state)
     steps = {"eager (shipped)": scan_step(shipped, inputs, gy)}
     if not args.no_fused:
